@@ -1,0 +1,1 @@
+//! The notification store: one port, a ScyllaDB adapter and an embedded SQLite adapter.

@@ -1,0 +1,235 @@
+//! One fake webhook receiver for every test: a real hyper server on a
+//! loopback port whose replies the test scripts (status, delay, dropped
+//! connection), and which records everything it received.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer with this status (and an empty body) after `delay`.
+    Status { status: u16, delay: Duration },
+    /// Answer with a status and extra headers, e.g. `Location` or `Retry-After`.
+    WithHeaders {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// Close the connection without answering.
+    Drop,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Reply::Status {
+            status: 200,
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn status(status: u16) -> Self {
+        Reply::Status {
+            status,
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn slow(status: u16, delay: Duration) -> Self {
+        Reply::Status { status, delay }
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub at: SystemTime,
+}
+
+impl Received {
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    /// Replies used first, in order, one per request.
+    queue: VecDeque<Reply>,
+    /// The reply once the queue is empty.
+    default: Option<Reply>,
+}
+
+/// A running receiver. Dropping it stops the server.
+pub struct TestReceiver {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    count: watch::Receiver<usize>,
+    task: JoinHandle<()>,
+}
+
+impl TestReceiver {
+    /// Start a receiver on 127.0.0.1:0 that answers 200 unless scripted.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let script = Arc::new(Mutex::new(Script::default()));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, count) = watch::channel(0usize);
+        let count_tx = Arc::new(count_tx);
+        let (s, r) = (script.clone(), received.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, r, c) = (s.clone(), r.clone(), count_tx.clone());
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |req| handle(req, s.clone(), r.clone(), c.clone()));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            script,
+            received,
+            count,
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queue replies for the next requests, in order.
+    pub fn push_replies(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().queue.extend(replies);
+    }
+
+    /// The reply for every request once the queue is used up.
+    pub fn set_default(&self, reply: Reply) {
+        self.script.lock().unwrap().default = Some(reply);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Wait until at least `n` requests arrived, or panic after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut count = self.count.clone();
+        let deadline = Instant::now() + timeout;
+        let waited = tokio::time::timeout_at(deadline.into(), count.wait_for(|c| *c >= n)).await;
+        let got = self.received();
+        assert!(
+            waited.is_ok(),
+            "receiver got {} of {n} requests within {timeout:?}",
+            got.len()
+        );
+        got
+    }
+}
+
+impl Drop for TestReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    script: Arc<Mutex<Script>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    count: Arc<watch::Sender<usize>>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let reply = {
+        let mut s = script.lock().unwrap();
+        s.queue
+            .pop_front()
+            .or_else(|| s.default.clone())
+            .unwrap_or_else(Reply::ok)
+    };
+    let record = Received {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        at: SystemTime::now(),
+    };
+    {
+        let mut r = received.lock().unwrap();
+        r.push(record);
+        count.send_replace(r.len());
+    }
+    match reply {
+        Reply::Status { status, delay } => {
+            tokio::time::sleep(delay).await;
+            Ok(response(status, Vec::new()))
+        }
+        Reply::WithHeaders { status, headers } => Ok(response(status, headers)),
+        // An error from the service makes hyper close the connection unanswered.
+        Reply::Drop => Err(std::io::Error::other("scripted drop")),
+    }
+}
+
+fn response(status: u16, headers: Vec<(String, String)>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (n, v) in headers {
+        if let (Ok(n), Ok(v)) = (n.parse::<hyper::header::HeaderName>(), v.parse()) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
