@@ -452,7 +452,7 @@ mod tests {
             assert_eq!(s.attempts, 2);
             assert_eq!(s.last_attempt_at, Some(a2.started_at));
         }
-        let s = NotificationState::derive(&content, &[a1.clone()]);
+        let s = NotificationState::derive(&content, std::slice::from_ref(&a1));
         assert_eq!(
             (s.status, s.next_attempt_at),
             (Status::Retrying, a1.next_attempt_at)
@@ -488,5 +488,104 @@ mod tests {
             serde_json::to_string(&Status::RenderFailed).unwrap(),
             "\"render_failed\""
         );
+    }
+}
+
+#[cfg(test)]
+mod delivery_job_json_tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+
+    fn job() -> DeliveryJob {
+        DeliveryJob {
+            notification_id: NotificationId(Uuid::from_u128(
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+            )),
+            webhook_id: "crm".into(),
+            event_type: "bank.loan.disbursed".into(),
+            subject: Some("LN-1".into()),
+            attempt: 2,
+            trigger: Trigger::Retry,
+            created_at: Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap(),
+            due_at: Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 30).unwrap(),
+            first_failure_at: Some(Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 1).unwrap()),
+            last_error: Some("http 503".into()),
+            request: RenderedRequest {
+                method: Method::Post,
+                url: "https://crm.example.com/loans/LN-1".into(),
+                headers: vec![
+                    RenderedHeader {
+                        name: "Authorization".into(),
+                        value: HeaderValue::Secret {
+                            name: "crm_token".into(),
+                            prefix: "Bearer ".into(),
+                        },
+                    },
+                    RenderedHeader {
+                        name: "X-Api-Key".into(),
+                        value: HeaderValue::Secret {
+                            name: "k".into(),
+                            prefix: String::new(),
+                        },
+                    },
+                    RenderedHeader {
+                        name: "X-Tenant".into(),
+                        value: HeaderValue::Text("acme".into()),
+                    },
+                ],
+                content_type: "application/json".into(),
+                body: "{\"a\":1}".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn delivery_job_json_round_trips() {
+        let j = job();
+        let text = serde_json::to_string(&j).unwrap();
+        assert_eq!(serde_json::from_str::<DeliveryJob>(&text).unwrap(), j);
+        let first = DeliveryJob {
+            subject: None,
+            first_failure_at: None,
+            last_error: None,
+            ..j
+        };
+        let text = serde_json::to_string(&first).unwrap();
+        assert_eq!(serde_json::from_str::<DeliveryJob>(&text).unwrap(), first);
+    }
+
+    /// The wire format is shared between services and versions: field names
+    /// and encodings are pinned here.
+    #[test]
+    fn delivery_job_json_field_names_are_stable() {
+        assert_eq!(
+            serde_json::to_value(job()).unwrap(),
+            json!({
+                "notification_id": "01234567-89ab-cdef-0123-456789abcdef",
+                "webhook_id": "crm",
+                "event_type": "bank.loan.disbursed",
+                "subject": "LN-1",
+                "attempt": 2,
+                "trigger": "retry",
+                "created_at": "2024-05-01T10:00:00Z",
+                "due_at": "2024-05-01T10:00:30Z",
+                "first_failure_at": "2024-05-01T10:00:01Z",
+                "last_error": "http 503",
+                "request": {
+                    "method": "POST",
+                    "url": "https://crm.example.com/loans/LN-1",
+                    "headers": [
+                        {"name": "Authorization", "value": {"secret": {"name": "crm_token", "prefix": "Bearer "}}},
+                        {"name": "X-Api-Key", "value": {"secret": {"name": "k"}}},
+                        {"name": "X-Tenant", "value": {"text": "acme"}}
+                    ],
+                    "content_type": "application/json",
+                    "body": "{\"a\":1}"
+                }
+            })
+        );
+        assert_eq!(job().key(), "crm/LN-1");
     }
 }
