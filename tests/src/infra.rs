@@ -2,6 +2,7 @@
 //! are not there: skip with a loud message, or fail under
 //! `HERALD_REQUIRE_INFRA=1` (which `scripts/test` and CI set).
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -32,10 +33,13 @@ fn reachable_or_skip(test: &str, what: &str, addr: &str) -> bool {
         !required,
         "{test}: {what} is not reachable at {addr} and HERALD_REQUIRE_INFRA=1; run `scripts/infra up`"
     );
-    eprintln!();
-    eprintln!("!!!!!!!! SKIPPED {test}: {what} is not reachable at {addr}");
-    eprintln!("!!!!!!!! start it with `scripts/infra up`, or run everything with `scripts/test`");
-    eprintln!();
+    // Straight to the process's stderr: libtest captures `eprintln!`, and a
+    // skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: {what} is not reachable at {addr}\n\
+         !!!!!!!! start it with `scripts/infra up`, or run everything with `scripts/test`\n"
+    );
     false
 }
 
