@@ -1,0 +1,314 @@
+//! The HTTP sender: a pooled hyper client (rustls, HTTP/1.1 and HTTP/2) that
+//! resolves names through the SSRF guard and connects only to the addresses
+//! it checked, never follows redirects, bounds every attempt by a timeout and
+//! reads at most a bounded excerpt of the response.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use herald_core::Outcome;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
+use tower_service::Service;
+
+use crate::ssrf::{SsrfGuard, SsrfRefused};
+
+/// Settings of the sender shared by every webhook.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub ssrf: SsrfGuard,
+    /// Response bytes kept for the attempt record; the rest is never read.
+    pub max_response_excerpt: usize,
+    /// Idle keep-alive connections kept per host.
+    pub max_idle_per_host: usize,
+    /// `User-Agent` sent with every request.
+    pub user_agent: String,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            ssrf: SsrfGuard::default(),
+            max_response_excerpt: 4096,
+            max_idle_per_host: 32,
+            user_agent: concat!("Herald/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// The classified result of one HTTP attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    pub outcome: Outcome,
+    pub http_status: Option<u16>,
+    pub duration: Duration,
+    /// A one-line, human-readable cause for anything but success.
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    /// The raw `Retry-After` header, if the receiver sent one.
+    pub retry_after: Option<String>,
+}
+
+type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+/// A pooled, SSRF-guarded HTTP client. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpSender {
+    client: Client<Connector, Full<Bytes>>,
+    guard: Arc<SsrfGuard>,
+    config: Arc<SenderConfig>,
+}
+
+impl HttpSender {
+    pub fn new(config: SenderConfig) -> Self {
+        let guard = Arc::new(config.ssrf.clone());
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            guard: guard.clone(),
+        });
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        // TLS verification is always on: webpki roots, no opt-out.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.max_idle_per_host)
+            .build(https);
+        Self {
+            client,
+            guard,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Send one request and classify what happened. Never panics, never
+    /// returns early without a result: every attempt has an outcome.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> SendResult {
+        let started = Instant::now();
+        let request = match self.build(method, url, headers, body) {
+            Ok(r) => r,
+            Err(error) => return refused(error, started),
+        };
+        let max = self.config.max_response_excerpt;
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let (parts, mut body) = response.into_parts();
+            // Read only the excerpt: a hostile receiver may stream forever.
+            let mut excerpt = BytesMut::new();
+            while excerpt.len() < max {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            excerpt.extend_from_slice(&data[..data.len().min(max - excerpt.len())]);
+                        }
+                    }
+                    // A body that breaks after the status line does not change the
+                    // status the receiver chose.
+                    Some(Err(_)) | None => break,
+                }
+            }
+            Ok::<_, hyper_util::client::legacy::Error>((parts, excerpt.freeze()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => SendResult {
+                outcome: Outcome::Timeout,
+                http_status: None,
+                duration: started.elapsed(),
+                error: Some(format!(
+                    "no complete response within {}ms",
+                    timeout.as_millis()
+                )),
+                response_excerpt: None,
+                retry_after: None,
+            },
+            Ok(Err(e)) => classify_error(&e, started),
+            Ok(Ok((parts, excerpt))) => {
+                let status = parts.status.as_u16();
+                let success = parts.status.is_success();
+                SendResult {
+                    outcome: if success {
+                        Outcome::Success
+                    } else {
+                        Outcome::HttpError
+                    },
+                    http_status: Some(status),
+                    duration: started.elapsed(),
+                    error: (!success).then(|| match parts.headers.get(http::header::LOCATION) {
+                        Some(loc) if parts.status.is_redirection() => format!(
+                            "http {status}: redirect to {} not followed",
+                            String::from_utf8_lossy(loc.as_bytes())
+                        ),
+                        _ => format!("http {status}"),
+                    }),
+                    response_excerpt: (!excerpt.is_empty())
+                        .then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+                    retry_after: parts
+                        .headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                }
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<http::Request<Full<Bytes>>, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("invalid url {url:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(format!("invalid url {url:?}: scheme must be http or https")),
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("invalid url {url:?}: no host"))?;
+        // An IP literal never reaches the resolver: check it here.
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            self.guard.check(ip).map_err(|e| e.to_string())?;
+        }
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            let name = http::HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("invalid header name {name:?}"))?;
+            let value = http::HeaderValue::try_from(value.as_str())
+                .map_err(|_| format!("invalid value for header {name}"))?;
+            builder = builder.header(name, value);
+        }
+        builder = builder.header(http::header::USER_AGENT, &self.config.user_agent);
+        builder
+            .body(Full::new(body))
+            .map_err(|e| format!("invalid request: {e}"))
+    }
+}
+
+fn refused(error: String, started: Instant) -> SendResult {
+    SendResult {
+        outcome: Outcome::Refused,
+        http_status: None,
+        duration: started.elapsed(),
+        error: Some(error),
+        response_excerpt: None,
+        retry_after: None,
+    }
+}
+
+/// Map a client error to an outcome, with the whole cause chain as the text.
+fn classify_error(error: &hyper_util::client::legacy::Error, started: Instant) -> SendResult {
+    let mut chain = Vec::new();
+    let mut ssrf = None;
+    let mut tls = false;
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        // The resolver's refusal arrives wrapped in an io::Error, whose
+        // `source()` skips the wrapped error itself.
+        let inner = e
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn StdError + 'static));
+        if let Some(s) = [Some(e), inner]
+            .into_iter()
+            .flatten()
+            .find_map(|x| x.downcast_ref::<SsrfRefused>())
+        {
+            ssrf = Some(s.to_string());
+        }
+        tls |= e.downcast_ref::<rustls::Error>().is_some();
+        source = e.source();
+    }
+    if let Some(msg) = ssrf {
+        return refused(msg, started);
+    }
+    chain.dedup();
+    let detail = if chain.is_empty() {
+        error.to_string()
+    } else {
+        chain.join(": ")
+    };
+    let outcome = if tls {
+        Outcome::TlsError
+    } else {
+        Outcome::ConnectionError
+    };
+    let kind = if error.is_connect() {
+        "connect failed"
+    } else {
+        "connection failed"
+    };
+    SendResult {
+        outcome,
+        http_status: None,
+        duration: started.elapsed(),
+        error: Some(format!("{kind}: {detail}")),
+        response_excerpt: None,
+        retry_after: None,
+    }
+}
+
+/// Resolves names with the system resolver and returns only addresses the
+/// SSRF guard accepts, so the connector dials exactly what was checked.
+#[derive(Clone)]
+struct GuardedResolver {
+    guard: Arc<SsrfGuard>,
+}
+
+impl Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs = tokio::task::spawn_blocking(move || {
+                (host.as_str(), 0).to_socket_addrs().map(Vec::from_iter)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            // One forbidden answer refuses the name: DNS rebinding tricks mix
+            // a public and an internal address.
+            for addr in &addrs {
+                guard.check(addr.ip()).map_err(io::Error::other)?;
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}

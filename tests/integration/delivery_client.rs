@@ -1,0 +1,180 @@
+//! The guarded HTTP sender against a real receiver on loopback: outcomes,
+//! statuses, timeouts, refused connections, redirects and the SSRF guard.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::Outcome;
+use herald_delivery::{HttpSender, SenderConfig, SsrfGuard};
+use herald_tests::{Reply, TestReceiver};
+
+fn sender(guard: SsrfGuard) -> HttpSender {
+    HttpSender::new(SenderConfig {
+        ssrf: guard,
+        ..SenderConfig::default()
+    })
+}
+
+fn loopback_allowed() -> HttpSender {
+    sender(SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap())
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn outcomes_follow_what_the_receiver_did() {
+    let rx = TestReceiver::start().await;
+    rx.push_replies([
+        Reply::ok(),
+        Reply::status(503),
+        Reply::WithHeaders {
+            status: 302,
+            headers: vec![("Location".into(), "http://elsewhere.test/".into())],
+        },
+        Reply::WithHeaders {
+            status: 429,
+            headers: vec![("Retry-After".into(), "7".into())],
+        },
+        Reply::slow(200, Duration::from_secs(5)),
+    ]);
+    let s = loopback_allowed();
+    let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    let body = Bytes::from_static(br#"{"loan":"L-1"}"#);
+
+    let ok = s
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .await;
+    assert_eq!(
+        (ok.outcome, ok.http_status, ok.error.as_deref()),
+        (Outcome::Success, Some(200), None)
+    );
+
+    let e = s
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .await;
+    assert_eq!((e.outcome, e.http_status), (Outcome::HttpError, Some(503)));
+    assert_eq!(e.error.as_deref(), Some("http 503"));
+
+    let r = s
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .await;
+    assert_eq!((r.outcome, r.http_status), (Outcome::HttpError, Some(302)));
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("redirect to http://elsewhere.test/ not followed"),
+        "{r:?}"
+    );
+
+    let t = s
+        .send("PUT", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .await;
+    assert_eq!(
+        (t.outcome, t.retry_after.as_deref()),
+        (Outcome::HttpError, Some("7"))
+    );
+
+    let slow = s
+        .send(
+            "PATCH",
+            &rx.url("/hook"),
+            &headers,
+            body.clone(),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert_eq!(slow.outcome, Outcome::Timeout, "{slow:?}");
+    assert!(
+        slow.duration < Duration::from_secs(2),
+        "the timeout bounds the attempt: {slow:?}"
+    );
+
+    // The receiver saw every request exactly once (no redirect followed), with
+    // the body and method we sent.
+    let got = rx.wait_for(5, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        got.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+        ["POST", "POST", "POST", "PUT", "PATCH"]
+    );
+    assert!(got.iter().all(|r| r.body == body && r.path == "/hook"));
+    assert!(got[0].header("user-agent").unwrap().starts_with("Herald/"));
+}
+
+#[tokio::test]
+async fn refused_connections_and_bad_urls_are_classified() {
+    let s = loopback_allowed();
+    // A port with nothing listening: bind, learn the port, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = s
+        .send(
+            "POST",
+            &format!("http://127.0.0.1:{port}/"),
+            &[],
+            Bytes::new(),
+            SECOND,
+        )
+        .await;
+    assert_eq!(c.outcome, Outcome::ConnectionError, "{c:?}");
+    assert!(
+        c.error.as_deref().unwrap().starts_with("connect failed"),
+        "{c:?}"
+    );
+
+    for (url, msg) in [
+        ("ftp://example.com/x", "scheme must be http or https"),
+        ("not a url", "invalid url"),
+    ] {
+        let r = s.send("POST", url, &[], Bytes::new(), SECOND).await;
+        assert_eq!(r.outcome, Outcome::Refused);
+        assert!(r.error.as_deref().unwrap().contains(msg), "{r:?}");
+    }
+    let h = s
+        .send(
+            "POST",
+            "http://127.0.0.1:1/",
+            &[("bad header".into(), "x".into())],
+            Bytes::new(),
+            SECOND,
+        )
+        .await;
+    assert_eq!(
+        h.error.as_deref(),
+        Some("invalid header name \"bad header\"")
+    );
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_internal_addresses_before_connecting() {
+    let rx = TestReceiver::start().await;
+    let s = sender(SsrfGuard::default());
+    for url in [
+        rx.url("/by-ip"),
+        format!("http://localhost:{}/by-name", rx.addr().port()),
+    ] {
+        let r = s
+            .send("POST", &url, &[], Bytes::from_static(b"{}"), SECOND)
+            .await;
+        assert_eq!(r.outcome, Outcome::Refused, "{url}: {r:?}");
+        let err = r.error.unwrap();
+        assert!(
+            err.contains("ssrf guard refused") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+    // Nothing reached the receiver; an allow-listed sender gets through.
+    let ok = loopback_allowed()
+        .send("POST", &rx.url("/allowed"), &[], Bytes::new(), SECOND)
+        .await;
+    assert_eq!(ok.outcome, Outcome::Success);
+    let got = rx.received();
+    assert_eq!(
+        got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/allowed"]
+    );
+}
