@@ -344,7 +344,8 @@ pub struct DeliveryJob {
     /// The attempt this job will make (1 for the first).
     pub attempt: u32,
     pub trigger: Trigger,
-    /// When the notification was created; the retry age limit counts from here.
+    /// When the notification was created. (The retry age limit counts from
+    /// `first_failure_at`.)
     pub created_at: DateTime<Utc>,
     /// Earliest time this job may be sent.
     pub due_at: DateTime<Utc>,

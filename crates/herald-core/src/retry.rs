@@ -229,6 +229,10 @@ pub enum ExhaustedReason {
     MaxAttempts { max_attempts: u32 },
     #[error("the next attempt would be due after the maximum age of {}", format_duration(*.max_age))]
     MaxAge { max_age: Duration },
+    #[error("a manual re-send is a single attempt")]
+    ManualResend,
+    #[error("the webhook is no longer defined")]
+    UnknownWebhook,
 }
 
 /// The result of deciding about a failed attempt.
