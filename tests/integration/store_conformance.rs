@@ -1,1 +1,851 @@
-//! Placeholder: being written.
+//! Store conformance: every test body is written once against
+//! `&dyn NotificationStore` and instantiated for the SQLite adapter (a temp
+//! file) and the CQL adapter (the real Cassandra/ScyllaDB node from
+//! `cql_node`, one keyspace per test binary run, one webhook id per test).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use herald_core::{
+    Attempt, HeaderValue, Method, Notification, NotificationContent, NotificationId,
+    NotificationState, Outcome, RenderedHeader, RenderedRequest, Status, Trigger,
+};
+use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
+use herald_store::sqlite::{SqliteConfig, SqliteStore};
+use herald_store::{ListQuery, NotificationStore, Page, StoreError, StoreLimits, TimeRange};
+use herald_tests::{cql_node, unique_name};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------- fixtures
+
+/// 2025-06-30T23:59:00Z: listings in the tests straddle a UTC midnight, so
+/// the CQL adapter's day buckets are crossed.
+fn base() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 30, 23, 59, 0).unwrap()
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    base() + Duration::milliseconds(ms)
+}
+
+fn request(body: impl Into<String>) -> RenderedRequest {
+    RenderedRequest {
+        method: Method::Post,
+        url: "https://receiver.example/hooks?x=1".into(),
+        headers: vec![
+            RenderedHeader {
+                name: "x-static".into(),
+                value: HeaderValue::Text("v".into()),
+            },
+            RenderedHeader {
+                name: "authorization".into(),
+                value: HeaderValue::Secret {
+                    name: "partner_api_key".into(),
+                    prefix: "Bearer ".into(),
+                },
+            },
+        ],
+        content_type: "application/json".into(),
+        body: body.into(),
+    }
+}
+
+fn notification(webhook: &str, n: u32, created: DateTime<Utc>) -> Notification {
+    let event_id = format!("evt-{n}");
+    Notification {
+        id: NotificationId::derive("/core/loans", &event_id, webhook),
+        webhook_id: webhook.into(),
+        event_source: "/core/loans".into(),
+        event_id,
+        event_type: "loan.disbursed".into(),
+        subject: Some(format!("loan-{n}")),
+        event_time: created - Duration::seconds(1),
+        created_at: created,
+        template_hash: "sha256:abc".into(),
+        content: NotificationContent::Rendered(request(format!("{{\"n\":{n}}}"))),
+    }
+}
+
+fn render_failed(webhook: &str, n: u32, created: DateTime<Utc>) -> Notification {
+    Notification {
+        content: NotificationContent::RenderFailed {
+            error: "missing field `amount`".into(),
+        },
+        ..notification(webhook, n, created)
+    }
+}
+
+fn attempt(
+    n: &Notification,
+    no: u32,
+    started: DateTime<Utc>,
+    outcome: Outcome,
+    next: Option<DateTime<Utc>>,
+) -> Attempt {
+    Attempt {
+        notification_id: n.id,
+        attempt_id: Uuid::now_v7(),
+        attempt_no: no,
+        trigger: if no == 1 {
+            Trigger::Auto
+        } else {
+            Trigger::Retry
+        },
+        started_at: started,
+        duration_ms: 12,
+        outcome,
+        http_status: match outcome {
+            Outcome::Success => Some(200),
+            Outcome::HttpError => Some(503),
+            _ => None,
+        },
+        error: (outcome != Outcome::Success).then(|| "503 service unavailable".into()),
+        response_excerpt: Some("{\"ok\":false}".into()),
+        next_attempt_at: next,
+    }
+}
+
+fn day_range() -> TimeRange {
+    TimeRange::new(base() - Duration::days(1), base() + Duration::days(1))
+}
+
+/// Every page of a listing, following cursors to the end.
+async fn all_pages(store: &dyn NotificationStore, query: ListQuery, exhausted: bool) -> Vec<Page> {
+    let mut pages = Vec::new();
+    let mut q = query;
+    loop {
+        let page = if exhausted {
+            store.list_exhausted(&q).await.unwrap()
+        } else {
+            store.list(&q).await.unwrap()
+        };
+        let next = page.next_cursor.clone();
+        pages.push(page);
+        match next {
+            Some(c) => q = q.with_cursor(Some(c)),
+            None => return pages,
+        }
+        assert!(pages.len() < 1000, "listing does not end");
+    }
+}
+
+async fn listed_ids(store: &dyn NotificationStore, query: ListQuery) -> Vec<NotificationId> {
+    ids_of(&all_pages(store, query, false).await)
+}
+
+fn ids_of(pages: &[Page]) -> Vec<NotificationId> {
+    pages
+        .iter()
+        .flat_map(|p| p.items.iter().map(|i| i.notification.id))
+        .collect()
+}
+
+// ------------------------------------------------------------------- tests
+
+async fn reappending_a_notification_stores_it_once(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let n = notification(&wh, 1, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    store
+        .append_notifications(&[n.clone(), n.clone()])
+        .await
+        .unwrap();
+    // A replay that re-renders later: same id, new time and body. The first
+    // record wins and no second listing entry appears.
+    let mut replay = n.clone();
+    replay.created_at = at(60_000);
+    replay.content = NotificationContent::Rendered(request("{\"n\":\"changed\"}"));
+    store.append_notifications(&[replay]).await.unwrap();
+
+    let rec = store.get(n.id).await.unwrap().expect("stored");
+    assert_eq!(rec.notification, n);
+    assert!(rec.attempts.is_empty());
+    assert_eq!(rec.state, NotificationState::initial(&n.content));
+    let ids = listed_ids(store, ListQuery::new(&wh, day_range(), 10)).await;
+    assert_eq!(ids, vec![n.id]);
+    assert_eq!(
+        store.state(n.id).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+
+    // Re-appending after attempts does not reset the state to pending.
+    let a = attempt(&n, 1, at(1_000), Outcome::Success, None);
+    store
+        .append_attempts(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    store.append_attempts(&[a]).await.unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.attempts.len(),
+        1,
+        "an attempt appended twice is one record"
+    );
+    assert_eq!(
+        store.state(n.id).await.unwrap().unwrap().status,
+        Status::Delivered
+    );
+}
+
+async fn attempts_come_back_ordered_by_time(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let n = notification(&wh, 1, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let a1 = attempt(&n, 1, at(1_000), Outcome::Timeout, Some(at(11_000)));
+    let a2 = attempt(&n, 2, at(11_000), Outcome::HttpError, Some(at(71_000)));
+    let a3 = attempt(&n, 3, at(71_000), Outcome::Success, None);
+    store
+        .append_attempts(&[a3.clone(), a1.clone()])
+        .await
+        .unwrap();
+    store
+        .append_attempts(std::slice::from_ref(&a2))
+        .await
+        .unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(rec.attempts, vec![a1, a2, a3]);
+    assert_eq!(rec.state.status, Status::Delivered);
+    assert_eq!(rec.state.attempts, 3);
+}
+
+async fn state_converges_whatever_the_arrival_order(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let orders: [&[usize]; 4] = [&[0, 1, 2], &[2, 1, 0], &[1, 2, 0], &[2, 0, 1]];
+    for (i, order) in orders.iter().enumerate() {
+        // Failed, failed, success: delivered wins.
+        let n = notification(&wh, i as u32, at(i as i64));
+        store
+            .append_notifications(std::slice::from_ref(&n))
+            .await
+            .unwrap();
+        let atts = [
+            attempt(&n, 1, at(1_000), Outcome::HttpError, Some(at(2_000))),
+            attempt(&n, 2, at(2_000), Outcome::Timeout, Some(at(3_000))),
+            attempt(&n, 3, at(3_000), Outcome::Success, None),
+        ];
+        for &k in *order {
+            store
+                .append_attempts(std::slice::from_ref(&atts[k]))
+                .await
+                .unwrap();
+        }
+        let projected = store.state(n.id).await.unwrap().unwrap();
+        let derived = NotificationState::derive(&n.content, &atts);
+        assert_eq!(projected, derived, "order {order:?}");
+        assert_eq!(projected.status, Status::Delivered);
+        assert_eq!(projected.attempts, 3);
+        assert_eq!(projected.last_attempt_at, Some(at(3_000)));
+        assert_eq!(projected.next_attempt_at, None);
+        // A replay of an old attempt changes nothing.
+        store
+            .append_attempts(std::slice::from_ref(&atts[0]))
+            .await
+            .unwrap();
+        assert_eq!(store.state(n.id).await.unwrap().unwrap(), derived);
+    }
+
+    // Retrying then exhausted, delivered last in the wrong order.
+    let n = notification(&wh, 100, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let exhausted = attempt(&n, 2, at(5_000), Outcome::ConnectionError, None);
+    let first = attempt(&n, 1, at(1_000), Outcome::HttpError, Some(at(5_000)));
+    store
+        .append_attempts(std::slice::from_ref(&exhausted))
+        .await
+        .unwrap();
+    store
+        .append_attempts(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let s = store.state(n.id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.status, s.attempts, s.next_attempt_at),
+        (Status::Failed, 2, None)
+    );
+    // A still-retrying notification exposes when the next attempt is due.
+    let n = notification(&wh, 101, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    store
+        .append_attempts(&[attempt(&n, 1, at(1_000), Outcome::Timeout, Some(at(9_000)))])
+        .await
+        .unwrap();
+    let s = store.state(n.id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.status, s.next_attempt_at),
+        (Status::Retrying, Some(at(9_000)))
+    );
+}
+
+async fn pages_never_skip_or_repeat_a_row(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    // 57 rows; groups of 5 share a created_at; they straddle midnight.
+    let all: Vec<Notification> = (0..57)
+        .map(|i| notification(&wh, i, at((i as i64 / 5) * 10_000)))
+        .collect();
+    for chunk in all.chunks(20) {
+        store.append_notifications(chunk).await.unwrap();
+    }
+    let q = ListQuery::new(&wh, day_range(), 10);
+    let first = store.list(&q).await.unwrap();
+    assert_eq!(first.items.len(), 10);
+    // Rows appended after the first page, newer than all, must not shift
+    // the following pages.
+    store
+        .append_notifications(&[notification(&wh, 1000, at(600_000))])
+        .await
+        .unwrap();
+    let mut pages = vec![first.clone()];
+    pages.extend(all_pages(store, q.clone().with_cursor(first.next_cursor), false).await);
+    for p in &pages {
+        assert!(p.items.len() <= 10);
+    }
+    let ids = ids_of(&pages);
+    assert_eq!(ids.len(), 57, "every row exactly once");
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 57, "no row repeated");
+    let expected: HashSet<_> = all.iter().map(|n| n.id).collect();
+    assert_eq!(unique, expected.iter().collect());
+    // Newest first.
+    let times: Vec<_> = pages
+        .iter()
+        .flat_map(|p| p.items.iter().map(|i| i.notification.created_at))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    // A page size of 1 still walks through rows with equal created_at.
+    let ids = listed_ids(
+        store,
+        ListQuery::new(&wh, TimeRange::new(at(0), at(10_000)), 1),
+    )
+    .await;
+    assert_eq!(ids.len(), 5);
+    // A cursor from another store or a typo is refused.
+    let err = store
+        .list(&q.clone().with_cursor(Some("not-a-cursor".into())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidCursor(_)), "{err}");
+    assert!(!err.is_retriable());
+}
+
+async fn time_range_is_from_inclusive_to_exclusive(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let (from, to) = (at(0), at(120_000)); // crosses midnight
+    let before = notification(&wh, 1, from - Duration::milliseconds(1));
+    let on_from = notification(&wh, 2, from);
+    let last = notification(&wh, 3, to - Duration::milliseconds(1));
+    let on_to = notification(&wh, 4, to);
+    store
+        .append_notifications(&[before, on_from.clone(), last.clone(), on_to])
+        .await
+        .unwrap();
+    let ids = listed_ids(store, ListQuery::new(&wh, TimeRange::new(from, to), 10)).await;
+    assert_eq!(ids, vec![last.id, on_from.id]);
+    // Adjacent ranges partition the rows.
+    let mid = at(60_000);
+    let a = listed_ids(store, ListQuery::new(&wh, TimeRange::new(from, mid), 10)).await;
+    let b = listed_ids(store, ListQuery::new(&wh, TimeRange::new(mid, to), 10)).await;
+    assert_eq!([b, a].concat(), vec![last.id, on_from.id]);
+    // Empty and inverted ranges hold nothing.
+    assert!(
+        listed_ids(store, ListQuery::new(&wh, TimeRange::new(to, from), 10))
+            .await
+            .is_empty()
+    );
+    assert!(
+        listed_ids(store, ListQuery::new(&wh, TimeRange::new(from, from), 10))
+            .await
+            .is_empty()
+    );
+}
+
+async fn large_bodies_round_trip_byte_identical(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    // 1 MiB exactly, with multi-byte chars and JSON-hostile characters.
+    let mut body = String::with_capacity(1 << 20);
+    let pattern = "{\"k\":\"\\\"quoted\\\" é € 😀 \\n\"}\t\r\n";
+    while body.len() + pattern.len() <= 1 << 20 {
+        body.push_str(pattern);
+    }
+    while body.len() < 1 << 20 {
+        body.push('x');
+    }
+    assert_eq!(body.len(), 1 << 20);
+    let mut n = notification(&wh, 1, at(0));
+    n.content = NotificationContent::Rendered(request(body.clone()));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.notification.request().unwrap().body.as_bytes(),
+        body.as_bytes()
+    );
+    assert_eq!(rec.notification, n);
+
+    // Above the limit: refused, permanently, and nothing is stored.
+    let mut big = notification(&wh, 2, at(0));
+    big.content = NotificationContent::Rendered(request(
+        "x".repeat(StoreLimits::DEFAULT_MAX_REQUEST_BODY_BYTES + 1),
+    ));
+    let err = store
+        .append_notifications(std::slice::from_ref(&big))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert!(!err.is_retriable());
+    assert!(store.get(big.id).await.unwrap().is_none());
+}
+
+async fn unicode_round_trips(store: &dyn NotificationStore) {
+    let wh = format!("{}_вебхук_🪝", unique_name("wh"));
+    let text = "Zürich · Ελληνικά · 中文 · العربية · 👩‍👩‍👧 · e\u{301} · \u{200d}";
+    let mut n = notification(&wh, 1, at(0));
+    n.subject = Some(text.into());
+    n.event_type = format!("loan.{text}");
+    n.template_hash = text.into();
+    let mut req = request(format!("{{\"memo\":\"{text}\"}}"));
+    req.headers.push(RenderedHeader {
+        name: "x-memo".into(),
+        value: HeaderValue::Text(text.into()),
+    });
+    n.content = NotificationContent::Rendered(req);
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let mut a = attempt(&n, 1, at(1_000), Outcome::HttpError, Some(at(2_000)));
+    a.response_excerpt = Some(text.into());
+    a.error = Some(format!("bad: {text}"));
+    store
+        .append_attempts(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(rec.notification, n);
+    assert_eq!(rec.attempts, vec![a]);
+    let ids = listed_ids(store, ListQuery::new(&wh, day_range(), 5)).await;
+    assert_eq!(ids, vec![n.id]);
+}
+
+async fn list_exhausted_returns_exactly_the_failed_ones(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let other = unique_name("wh_other");
+    let range = TimeRange::new(at(0), at(600_000));
+    let mk = |i: u32, t: i64| notification(&wh, i, at(t));
+    let delivered = mk(1, 1_000);
+    let retrying = mk(2, 2_000);
+    let failed_a = mk(3, 3_000);
+    let failed_b = mk(4, 120_000); // after midnight
+    let resent_ok = mk(5, 4_000); // failed, then a manual re-send succeeded
+    let pending = mk(6, 5_000);
+    let unrendered = render_failed(&wh, 7, at(6_000));
+    let failed_outside = mk(8, 700_000);
+    let failed_other_webhook = notification(&other, 9, at(3_000));
+    let all = [
+        &delivered,
+        &retrying,
+        &failed_a,
+        &failed_b,
+        &resent_ok,
+        &pending,
+        &unrendered,
+        &failed_outside,
+    ];
+    store
+        .append_notifications(&all.map(|n| n.clone()))
+        .await
+        .unwrap();
+    store
+        .append_notifications(std::slice::from_ref(&failed_other_webhook))
+        .await
+        .unwrap();
+    let fail = |n: &Notification| {
+        attempt(
+            n,
+            1,
+            n.created_at + Duration::seconds(1),
+            Outcome::Timeout,
+            None,
+        )
+    };
+    let mut manual = attempt(&resent_ok, 2, at(500_000), Outcome::Success, None);
+    manual.trigger = Trigger::Manual;
+    store
+        .append_attempts(&[
+            attempt(&delivered, 1, at(1_500), Outcome::Success, None),
+            attempt(&retrying, 1, at(2_500), Outcome::HttpError, Some(at(9_000))),
+            fail(&failed_a),
+            fail(&failed_b),
+            fail(&resent_ok),
+            fail(&failed_outside),
+            fail(&failed_other_webhook),
+        ])
+        .await
+        .unwrap();
+    store.append_attempts(&[manual]).await.unwrap();
+
+    let q = ListQuery::new(&wh, range, 1);
+    let pages = all_pages(store, q.clone(), true).await;
+    assert_eq!(ids_of(&pages), vec![failed_b.id, failed_a.id]);
+    for item in pages.iter().flat_map(|p| &p.items) {
+        assert_eq!(item.state.status, Status::Failed);
+    }
+    // The query's status is ignored by list_exhausted.
+    let pages = all_pages(store, q.with_status(Status::Delivered), true).await;
+    assert_eq!(ids_of(&pages), vec![failed_b.id, failed_a.id]);
+
+    // A failed notification re-sent successfully leaves the exhausted list.
+    let mut again = attempt(&failed_a, 2, at(550_000), Outcome::Success, None);
+    again.trigger = Trigger::Manual;
+    store.append_attempts(&[again]).await.unwrap();
+    let pages = all_pages(store, ListQuery::new(&wh, range, 10), true).await;
+    assert_eq!(ids_of(&pages), vec![failed_b.id]);
+
+    // And the status filter of `list` agrees with the projection.
+    let by_status = |status| {
+        let q = ListQuery::new(&wh, range, 3).with_status(status);
+        async move { listed_ids(store, q).await }
+    };
+    assert_eq!(by_status(Status::Failed).await, vec![failed_b.id]);
+    assert_eq!(
+        by_status(Status::Delivered).await,
+        vec![resent_ok.id, failed_a.id, delivered.id]
+    );
+    assert_eq!(by_status(Status::Retrying).await, vec![retrying.id]);
+    assert_eq!(by_status(Status::Pending).await, vec![pending.id]);
+    assert_eq!(by_status(Status::RenderFailed).await, vec![unrendered.id]);
+    let everything = listed_ids(store, ListQuery::new(&wh, range, 4)).await;
+    assert_eq!(everything.len(), 7);
+}
+
+async fn status_filter_pages_through_sparse_matches(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    // 40 rows, 8 delivered (ids ending in 0 or 7): matches spread over many pages.
+    let all: Vec<_> = (0..40)
+        .map(|i| notification(&wh, i, at(i as i64 * 3_000)))
+        .collect();
+    store.append_notifications(&all).await.unwrap();
+    let delivered: Vec<_> = all
+        .iter()
+        .filter(|n| n.event_id.ends_with(['0', '7']))
+        .collect();
+    let attempts: Vec<_> = delivered
+        .iter()
+        .map(|n| {
+            attempt(
+                n,
+                1,
+                n.created_at + Duration::seconds(1),
+                Outcome::Success,
+                None,
+            )
+        })
+        .collect();
+    store.append_attempts(&attempts).await.unwrap();
+    let q = ListQuery::new(&wh, day_range(), 2).with_status(Status::Delivered);
+    let pages = all_pages(store, q, false).await;
+    let mut want: Vec<_> = delivered.iter().map(|n| n.id).collect();
+    want.reverse();
+    assert_eq!(ids_of(&pages), want);
+    for item in pages.iter().flat_map(|p| &p.items) {
+        assert_eq!(item.state.status, Status::Delivered);
+        assert_eq!(item.state.attempts, 1);
+    }
+    let pending = listed_ids(
+        store,
+        ListQuery::new(&wh, day_range(), 7).with_status(Status::Pending),
+    )
+    .await;
+    assert_eq!(pending.len(), 40 - delivered.len());
+}
+
+async fn response_excerpts_are_bounded_and_marked(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let n = notification(&wh, 1, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let mut a = attempt(&n, 1, at(1_000), Outcome::HttpError, Some(at(2_000)));
+    // 3-byte chars so that the 4 KiB cut lands inside one.
+    a.response_excerpt = Some("€".repeat(10_000));
+    store
+        .append_attempts(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    let stored = rec.attempts[0].response_excerpt.clone().unwrap();
+    let kept = StoreLimits::DEFAULT_MAX_RESPONSE_EXCERPT_BYTES / 3 * 3;
+    assert_eq!(
+        stored,
+        format!(
+            "{}…[truncated {} bytes]",
+            "€".repeat(kept / 3),
+            30_000 - kept
+        )
+    );
+}
+
+async fn bad_attempts_are_refused(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let ghost = notification(&wh, 1, at(0));
+    let err = store
+        .append_attempts(&[attempt(&ghost, 1, at(1), Outcome::Success, None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(id) if id == ghost.id),
+        "{err}"
+    );
+    assert!(!err.is_retriable());
+
+    let broken = render_failed(&wh, 2, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&broken))
+        .await
+        .unwrap();
+    let err = store
+        .append_attempts(&[attempt(&broken, 1, at(1), Outcome::Success, None)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let rec = store.get(broken.id).await.unwrap().unwrap();
+    assert_eq!(rec.state.status, Status::RenderFailed);
+    assert!(rec.attempts.is_empty());
+    assert_eq!(
+        store.state(broken.id).await.unwrap().unwrap().status,
+        Status::RenderFailed
+    );
+    assert!(store.get(ghost.id).await.unwrap().is_none());
+    assert!(store.state(ghost.id).await.unwrap().is_none());
+}
+
+// --------------------------------------------------------------- adapters
+
+fn temp_db(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.sqlite", unique_name(test)))
+}
+
+async fn sqlite_store(test: &str) -> Arc<SqliteStore> {
+    let store = SqliteStore::open(SqliteConfig::new(temp_db(test)), StoreLimits::default())
+        .await
+        .expect("open sqlite store");
+    Arc::new(store)
+}
+
+/// One keyspace per test binary run: DDL on a 2-core Cassandra is slow.
+static KEYSPACE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+async fn cql_store(test: &str) -> Option<Arc<CqlStore>> {
+    let node = cql_node(test)?;
+    let keyspace = KEYSPACE
+        .get_or_init(|| async { unique_name("herald_conf") })
+        .await;
+    let config = CqlConfig::new(vec![node], keyspace.clone());
+    let session = Arc::new(connect_session(&config).await.expect("connect"));
+    static MIGRATED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    MIGRATED
+        .get_or_init(|| async {
+            let rf1 = Replication::Simple {
+                replication_factor: 1,
+            };
+            migrate(&session, keyspace, &rf1).await.expect("migrate");
+            // Idempotent: a second run is harmless.
+            migrate(&session, keyspace, &rf1)
+                .await
+                .expect("migrate again");
+        })
+        .await;
+    Some(Arc::new(
+        CqlStore::new(session, &config, StoreLimits::default())
+            .await
+            .expect("prepare"),
+    ))
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = super::sqlite_store(stringify!($name)).await;
+                    super::$name(&*store).await;
+                }
+            )+
+        }
+        mod cql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(store) = super::cql_store(stringify!($name)).await else {
+                        return;
+                    };
+                    super::$name(&*store).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    reappending_a_notification_stores_it_once,
+    attempts_come_back_ordered_by_time,
+    state_converges_whatever_the_arrival_order,
+    pages_never_skip_or_repeat_a_row,
+    time_range_is_from_inclusive_to_exclusive,
+    large_bodies_round_trip_byte_identical,
+    unicode_round_trips,
+    list_exhausted_returns_exactly_the_failed_ones,
+    status_filter_pages_through_sparse_matches,
+    response_excerpts_are_bounded_and_marked,
+    bad_attempts_are_refused,
+);
+
+// ------------------------------------------------------ SQLite-only extras
+
+#[tokio::test]
+async fn sqlite_due_retries_and_unattempted_notifications() {
+    let store = sqlite_store("due").await;
+    let wh = unique_name("wh");
+    let due = notification(&wh, 1, at(0));
+    let later = notification(&wh, 2, at(0));
+    let fresh = notification(&wh, 3, at(50_000));
+    let old_pending = notification(&wh, 4, at(0));
+    store
+        .append_notifications(&[
+            due.clone(),
+            later.clone(),
+            fresh.clone(),
+            old_pending.clone(),
+        ])
+        .await
+        .unwrap();
+    store
+        .append_attempts(&[
+            attempt(&due, 1, at(1_000), Outcome::Timeout, Some(at(10_000))),
+            attempt(&later, 1, at(1_000), Outcome::Timeout, Some(at(99_000))),
+        ])
+        .await
+        .unwrap();
+    let got = store.list_due(at(10_000), 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, due);
+    assert_eq!(got[0].1.status, Status::Retrying);
+    assert_eq!(store.list_due(at(99_000), 10).await.unwrap().len(), 2);
+    assert_eq!(store.list_due(at(99_000), 1).await.unwrap()[0].0.id, due.id);
+
+    let unattempted = store.list_unattempted(at(10_000), 10).await.unwrap();
+    let ids: Vec<_> = unattempted.iter().map(|n| n.id).collect();
+    let mut want = vec![old_pending.id];
+    assert_eq!(ids, want);
+    want.push(fresh.id);
+    let ids: Vec<_> = store
+        .list_unattempted(at(60_000), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_appends_are_durable_across_reopen() {
+    let path = temp_db("reopen");
+    let wh = unique_name("wh");
+    let n = notification(&wh, 1, at(0));
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path), StoreLimits::default())
+            .await
+            .unwrap();
+        store
+            .append_notifications(std::slice::from_ref(&n))
+            .await
+            .unwrap();
+        store
+            .append_attempts(&[attempt(&n, 1, at(1_000), Outcome::Success, None)])
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path), StoreLimits::default())
+        .await
+        .unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(rec.notification, n);
+    assert_eq!(rec.state.status, Status::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_appends_are_group_committed_without_loss() {
+    let store = sqlite_store("group").await;
+    let wh = unique_name("wh");
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            let n = notification(&wh, i, at(i as i64));
+            tokio::spawn(async move {
+                store
+                    .append_notifications(std::slice::from_ref(&n))
+                    .await
+                    .unwrap();
+                store
+                    .append_attempts(&[attempt(&n, 1, at(100_000), Outcome::Success, None)])
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ids = listed_ids(
+        &*store,
+        ListQuery::new(&wh, day_range(), 1000).with_status(Status::Delivered),
+    )
+    .await;
+    assert_eq!(ids.len(), 200);
+}
+
+#[tokio::test]
+async fn sqlite_one_bad_append_does_not_fail_its_group() {
+    let store = sqlite_store("bad_in_group").await;
+    let wh = unique_name("wh");
+    let good = notification(&wh, 1, at(0));
+    let ghost = notification(&wh, 2, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&good))
+        .await
+        .unwrap();
+    let bad_attempt = [attempt(&ghost, 1, at(1), Outcome::Success, None)];
+    let good_attempt = [attempt(&good, 1, at(1), Outcome::Success, None)];
+    let (bad, ok) = tokio::join!(
+        store.append_attempts(&bad_attempt),
+        store.append_attempts(&good_attempt),
+    );
+    assert!(matches!(bad, Err(StoreError::NotFound(_))));
+    ok.unwrap();
+    assert_eq!(
+        store.state(good.id).await.unwrap().unwrap().status,
+        Status::Delivered
+    );
+}

@@ -1,1 +1,94 @@
 //! The notification store: one port, a ScyllaDB adapter and an embedded SQLite adapter.
+//!
+//! Records are immutable: a [`Notification`] is written once, [`Attempt`]s
+//! are appended. The [`NotificationState`] projection is derived from them and
+//! written with the time of the record that caused it as its write time, so
+//! replays and out-of-order appends converge on the same state. See
+//! `docs/store.md` for the schema and the exact semantics.
+
+mod error;
+mod limits;
+mod query;
+
+pub mod cql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use herald_core::{Attempt, Notification, NotificationId, NotificationState};
+
+pub use crate::error::{Result, StoreError};
+pub use crate::limits::{StoreLimits, truncate_marked};
+pub use crate::query::{Cursor, ListQuery, ListedNotification, MAX_PAGE_SIZE, Page, TimeRange};
+
+/// A notification with all its attempts, as `GET /v1/notifications/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRecord {
+    pub notification: Notification,
+    /// Ordered by start time, then attempt id.
+    pub attempts: Vec<Attempt>,
+    /// Derived from `attempts` with [`NotificationState::derive`], so it is
+    /// exact even when the projection has not caught up.
+    pub state: NotificationState,
+}
+
+/// The port every service talks to. Both adapters pass the same conformance
+/// suite (`tests/integration/store_conformance.rs`).
+///
+/// Times are stored with millisecond precision: every `DateTime` read back is
+/// the written one truncated to the millisecond.
+///
+/// Every write is idempotent, so on a retriable error
+/// ([`StoreError::is_retriable`]) the caller repeats the same call.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Store notifications, their initial state (`pending`, or
+    /// `render_failed`) and their by-webhook index entries. Returns once all
+    /// of it is durable.
+    ///
+    /// Idempotent by id: appending an id that is already stored changes
+    /// nothing (the first record wins; the audit record is immutable), and it
+    /// never creates a second listing entry.
+    ///
+    /// Fails with [`StoreError::TooLarge`] if a body is above
+    /// [`StoreLimits::max_request_body_bytes`]; nothing of the batch is
+    /// written by the SQLite adapter, and the CQL adapter may have written
+    /// the other notifications of the batch.
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<()>;
+
+    /// Store attempts and fold each into the state projection (status from
+    /// [`Attempt::implied_status`], attempt count from `attempt_no`, last and
+    /// next attempt time), with the attempt's `started_at` as the write time:
+    /// the latest attempt wins whatever the order of arrival. Response
+    /// excerpts and error texts are bounded by
+    /// [`StoreLimits::max_response_excerpt_bytes`].
+    ///
+    /// Idempotent by (notification id, started_at, attempt id). Fails with
+    /// [`StoreError::NotFound`] for an unknown notification and
+    /// [`StoreError::Invalid`] for a `render_failed` one.
+    async fn append_attempts(&self, batch: &[Attempt]) -> Result<()>;
+
+    /// One notification with its attempts, or `None`.
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>>;
+
+    /// The state projection of one notification, or `None`.
+    async fn state(&self, id: NotificationId) -> Result<Option<NotificationState>>;
+
+    /// Notifications of one webhook created in `[from, to)`, newest first
+    /// (ties on `created_at` broken by id, descending), optionally only those
+    /// whose projected status is `query.status`.
+    ///
+    /// A page holds at most `query.limit` items and may hold fewer even when
+    /// more follow (a filtered scan stops after a bounded amount of work);
+    /// only `next_cursor == None` means the end. Passing `next_cursor` back
+    /// in an otherwise identical query continues exactly after the last row
+    /// seen: no row is skipped or repeated, even among rows with identical
+    /// `created_at`, and rows appended meanwhile at newer times do not shift
+    /// the pages.
+    async fn list(&self, query: &ListQuery) -> Result<Page>;
+
+    /// The notifications of one webhook whose retries are exhausted (status
+    /// `failed`), created in `[from, to)`: the input of a bulk re-send. Same
+    /// order and pagination as [`NotificationStore::list`]; `query.status`
+    /// is ignored.
+    async fn list_exhausted(&self, query: &ListQuery) -> Result<Page>;
+}

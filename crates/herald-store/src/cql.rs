@@ -1,0 +1,1061 @@
+//! The ScyllaDB (and Apache Cassandra) adapter, on the `scylla` driver.
+//!
+//! The schema is the CQL in `schemas/cql/`, compiled in with `include_str!`
+//! and applied by [`migrate`]. Every statement is prepared with all its
+//! partition-key columns bound (token-aware routing); writes are plain
+//! idempotent upserts (no LWT, no logged batch: a 1 MiB body would exceed
+//! the batch size limits). The state projection is written `USING
+//! TIMESTAMP` of the event that caused it, so it converges under replays and
+//! reordering. See `docs/store.md`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
+use herald_core::{
+    Attempt, Notification, NotificationContent, NotificationId, NotificationState, Status, Trigger,
+};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    DbError, ExecutionError, IntoRowsResultError, MaybeFirstRowError, NewSessionError,
+    PrepareError, RequestAttemptError, RowsError,
+};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::query::{attempt_write_ts, from_ms, to_ms};
+use crate::{
+    Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
+    StoreError, StoreLimits,
+};
+
+/// `schemas/cql/001_keyspace.cql`.
+pub const KEYSPACE_CQL: &str = include_str!("../../../schemas/cql/001_keyspace.cql");
+/// `schemas/cql/002_tables.cql`.
+pub const TABLES_CQL: &str = include_str!("../../../schemas/cql/002_tables.cql");
+/// `schemas/cql/optional_compaction.cql`: not part of [`migrate`].
+pub const OPTIONAL_COMPACTION_CQL: &str =
+    include_str!("../../../schemas/cql/optional_compaction.cql");
+
+/// Index rows a listing inspects at most per page (a filtered listing may
+/// return a short page with a cursor rather than scan without bound).
+const SCAN_BUDGET_ROWS: usize = 2000;
+/// Partition queries a listing makes at most per page: bounds the cost of a
+/// long, sparse time range (one query per day).
+const SCAN_BUDGET_QUERIES: usize = 400;
+/// Index rows fetched per query when a status filter is applied.
+const FILTERED_CHUNK: usize = 200;
+/// Appends run concurrently within one batch.
+const WRITE_CONCURRENCY: usize = 16;
+
+/// A CQL consistency level, as written in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyLevel {
+    One,
+    Two,
+    Three,
+    Quorum,
+    All,
+    LocalQuorum,
+    EachQuorum,
+    LocalOne,
+}
+
+impl From<ConsistencyLevel> for Consistency {
+    fn from(c: ConsistencyLevel) -> Self {
+        match c {
+            ConsistencyLevel::One => Consistency::One,
+            ConsistencyLevel::Two => Consistency::Two,
+            ConsistencyLevel::Three => Consistency::Three,
+            ConsistencyLevel::Quorum => Consistency::Quorum,
+            ConsistencyLevel::All => Consistency::All,
+            ConsistencyLevel::LocalQuorum => Consistency::LocalQuorum,
+            ConsistencyLevel::EachQuorum => Consistency::EachQuorum,
+            ConsistencyLevel::LocalOne => Consistency::LocalOne,
+        }
+    }
+}
+
+/// Username and password authentication.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CqlAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for CqlAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How to reach the cluster. TLS is not supported yet (TODO: the driver's
+/// `rustls-023` feature and a `tls` section here).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CqlConfig {
+    /// `host:port` of one or more nodes; the driver discovers the rest.
+    pub contact_points: Vec<String>,
+    /// Keyspace holding Herald's tables.
+    pub keyspace: String,
+    /// Datacenter to route requests to; `None` lets the driver use any.
+    #[serde(default)]
+    pub local_dc: Option<String>,
+    /// Consistency of reads.
+    #[serde(default = "local_quorum")]
+    pub read_consistency: ConsistencyLevel,
+    /// Consistency of writes. An append returns once this level acknowledged.
+    #[serde(default = "local_quorum")]
+    pub write_consistency: ConsistencyLevel,
+    /// Credentials, when the cluster requires authentication.
+    #[serde(default)]
+    pub auth: Option<CqlAuth>,
+    /// Client-side timeout of one request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Timeout of establishing a connection, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn local_quorum() -> ConsistencyLevel {
+    ConsistencyLevel::LocalQuorum
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+impl CqlConfig {
+    /// Defaults (LOCAL_QUORUM, no auth, any DC) for `contact_points` and `keyspace`.
+    pub fn new(contact_points: Vec<String>, keyspace: impl Into<String>) -> Self {
+        Self {
+            contact_points,
+            keyspace: keyspace.into(),
+            local_dc: None,
+            read_consistency: local_quorum(),
+            write_consistency: local_quorum(),
+            auth: None,
+            request_timeout_ms: default_request_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+}
+
+/// Replication of the keyspace, rendered into the CQL replication map.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "class", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Replication {
+    /// `SimpleStrategy`: development and single-DC test clusters only.
+    Simple { replication_factor: u32 },
+    /// `NetworkTopologyStrategy`: replicas per datacenter, for production.
+    NetworkTopology { datacenters: BTreeMap<String, u32> },
+}
+
+impl Replication {
+    /// The CQL map literal, e.g. `{'class': 'SimpleStrategy', 'replication_factor': 1}`.
+    pub fn to_cql(&self) -> Result<String> {
+        match self {
+            Replication::Simple { replication_factor } => Ok(format!(
+                "{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}"
+            )),
+            Replication::NetworkTopology { datacenters } => {
+                if datacenters.is_empty() {
+                    return Err(StoreError::Invalid(
+                        "network topology replication needs at least one datacenter".into(),
+                    ));
+                }
+                let mut out = String::from("{'class': 'NetworkTopologyStrategy'");
+                for (dc, rf) in datacenters {
+                    if dc.is_empty() || dc.contains(['\'', '\n', ';']) {
+                        return Err(StoreError::Invalid(format!("bad datacenter name {dc:?}")));
+                    }
+                    out.push_str(&format!(", '{dc}': {rf}"));
+                }
+                out.push('}');
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn check_keyspace(keyspace: &str) -> Result<()> {
+    let ok = (1..=48).contains(&keyspace.len())
+        && keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+        && keyspace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "keyspace {keyspace:?} must be 1 to 48 of [a-z0-9_], starting with a letter"
+        )))
+    }
+}
+
+/// Split a schema file into statements: drop `--` comments, split on `;`,
+/// then substitute `${keyspace}` and `${replication}`. Comments go first so
+/// that substituted values can never be taken for comments or separators.
+fn statements(file: &str, keyspace: &str, replication: &str) -> Vec<String> {
+    let stripped: String = file
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    stripped
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.replace("${keyspace}", keyspace)
+                .replace("${replication}", replication)
+        })
+        .collect()
+}
+
+/// The statements [`migrate`] runs, in order: the keyspace, then the tables.
+pub fn schema_statements(keyspace: &str, replication: &Replication) -> Result<Vec<String>> {
+    check_keyspace(keyspace)?;
+    let replication = replication.to_cql()?;
+    let mut out = statements(KEYSPACE_CQL, keyspace, &replication);
+    out.extend(statements(TABLES_CQL, keyspace, &replication));
+    Ok(out)
+}
+
+/// Create the keyspace and tables if they do not exist (idempotent). The
+/// driver waits for schema agreement after each statement.
+pub async fn migrate(session: &Session, keyspace: &str, replication: &Replication) -> Result<()> {
+    for stmt in schema_statements(keyspace, replication)? {
+        session.query_unpaged(stmt, ()).await?;
+    }
+    Ok(())
+}
+
+/// Apply `schemas/cql/optional_compaction.cql` (LeveledCompactionStrategy on
+/// the overwritten tables). Not part of [`migrate`]: clusters differ.
+pub async fn apply_optional_compaction(session: &Session, keyspace: &str) -> Result<()> {
+    check_keyspace(keyspace)?;
+    for stmt in statements(OPTIONAL_COMPACTION_CQL, keyspace, "") {
+        session.query_unpaged(stmt, ()).await?;
+    }
+    Ok(())
+}
+
+/// Open a driver session to the cluster described by `config` (the keyspace
+/// need not exist yet: statements name it explicitly).
+pub async fn connect_session(config: &CqlConfig) -> Result<Session> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_dc {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(config.read_consistency.into())
+        .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+        .load_balancing_policy(policy.build())
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.contact_points)
+        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(auth) = &config.auth {
+        builder = builder.user(&auth.username, &auth.password);
+    }
+    Ok(builder.build().await?)
+}
+
+/// Which index table a listing scans.
+#[derive(Debug, Clone, Copy)]
+enum Index {
+    ByWebhook,
+    Failed,
+}
+
+struct Statements {
+    select_head: PreparedStatement,
+    select_notification: PreparedStatement,
+    select_attempts: PreparedStatement,
+    select_state: PreparedStatement,
+    insert_notification: PreparedStatement,
+    insert_by_webhook: PreparedStatement,
+    insert_initial_state: PreparedStatement,
+    insert_state: PreparedStatement,
+    insert_attempt: PreparedStatement,
+    insert_failed: PreparedStatement,
+    delete_failed: PreparedStatement,
+    /// [ByWebhook, Failed] × first page of a day / continuing after a cursor.
+    list_first: [PreparedStatement; 2],
+    list_after: [PreparedStatement; 2],
+}
+
+/// The CQL [`NotificationStore`].
+pub struct CqlStore {
+    session: Arc<Session>,
+    st: Statements,
+    limits: StoreLimits,
+}
+
+impl std::fmt::Debug for CqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlStore").finish_non_exhaustive()
+    }
+}
+
+const N_COLS: &str = "notification_id, webhook_id, event_source, event_id, event_type, \
+     subject, event_time, created_at, template_hash, content";
+const A_COLS: &str = "notification_id, started_at, attempt_id, attempt_no, trigger, \
+     duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at";
+
+type NotificationRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<String>,
+    Option<String>,
+);
+type AttemptRow = (
+    Uuid,
+    CqlTimestamp,
+    Uuid,
+    Option<i32>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+);
+type StateRow = (
+    Option<String>,
+    Option<i32>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
+impl CqlStore {
+    /// Connect with `config` and prepare the statements. The schema must
+    /// exist (see [`migrate`]).
+    pub async fn connect(config: &CqlConfig, limits: StoreLimits) -> Result<Self> {
+        let session = connect_session(config).await?;
+        Self::new(Arc::new(session), config, limits).await
+    }
+
+    /// Use an existing session (e.g. shared with other components).
+    pub async fn new(
+        session: Arc<Session>,
+        config: &CqlConfig,
+        limits: StoreLimits,
+    ) -> Result<Self> {
+        let ks = config.keyspace.as_str();
+        check_keyspace(ks)?;
+        let read = Consistency::from(config.read_consistency);
+        let write = Consistency::from(config.write_consistency);
+        let s = &session;
+        let prep = |cql: String, consistency: Consistency, idempotent: bool| async move {
+            let mut p = s.prepare(cql).await?;
+            p.set_consistency(consistency);
+            p.set_is_idempotent(idempotent);
+            Ok::<_, StoreError>(p)
+        };
+        let reader = |cql: String| prep(cql, read, true);
+        let writer = |cql: String| prep(cql, write, true);
+        let list_first = |table: &str| {
+            reader(format!(
+                "SELECT created_at, notification_id FROM {ks}.{table} \
+                 WHERE webhook_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?"
+            ))
+        };
+        // Multi-column relations on both ends: CQL does not allow mixing a
+        // tuple relation with a single-column one on the same clustering key.
+        let list_after = |table: &str| {
+            reader(format!(
+                "SELECT created_at, notification_id FROM {ks}.{table} \
+                 WHERE webhook_id = ? AND day = ? AND (created_at, notification_id) < (?, ?) \
+                 AND (created_at) >= (?) LIMIT ?"
+            ))
+        };
+        let st = Statements {
+            select_head: reader(format!(
+                "SELECT webhook_id, created_at FROM {ks}.notifications WHERE notification_id = ?"
+            ))
+            .await?,
+            select_notification: reader(format!(
+                "SELECT {N_COLS} FROM {ks}.notifications WHERE notification_id = ?"
+            ))
+            .await?,
+            select_attempts: reader(format!(
+                "SELECT {A_COLS} FROM {ks}.attempts WHERE notification_id = ?"
+            ))
+            .await?,
+            select_state: reader(format!(
+                "SELECT status, attempts, last_attempt_at, next_attempt_at \
+                 FROM {ks}.notification_state WHERE notification_id = ?"
+            ))
+            .await?,
+            insert_notification: writer(format!(
+                "INSERT INTO {ks}.notifications ({N_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_by_webhook: writer(format!(
+                "INSERT INTO {ks}.notifications_by_webhook \
+                 (webhook_id, day, created_at, notification_id) VALUES (?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_initial_state: writer(format!(
+                "INSERT INTO {ks}.notification_state (notification_id, status, attempts) \
+                 VALUES (?, ?, 0) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_state: writer(format!(
+                "INSERT INTO {ks}.notification_state \
+                 (notification_id, status, attempts, last_attempt_at, next_attempt_at) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_attempt: writer(format!(
+                "INSERT INTO {ks}.attempts ({A_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_failed: writer(format!(
+                "INSERT INTO {ks}.failed_by_webhook \
+                 (webhook_id, day, created_at, notification_id) VALUES (?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            delete_failed: writer(format!(
+                "DELETE FROM {ks}.failed_by_webhook USING TIMESTAMP ? \
+                 WHERE webhook_id = ? AND day = ? AND created_at = ? AND notification_id = ?"
+            ))
+            .await?,
+            list_first: [
+                list_first("notifications_by_webhook").await?,
+                list_first("failed_by_webhook").await?,
+            ],
+            list_after: [
+                list_after("notifications_by_webhook").await?,
+                list_after("failed_by_webhook").await?,
+            ],
+        };
+        Ok(Self {
+            session,
+            st,
+            limits,
+        })
+    }
+
+    /// The driver session, e.g. for [`migrate`] or health checks.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// (webhook id, created_at in ms) of a stored notification.
+    async fn head(&self, id: NotificationId) -> Result<Option<(String, i64)>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_head, (id.0,))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<String>, Option<CqlTimestamp>)>()?;
+        Ok(row.map(|(w, c)| (w.unwrap_or_default(), c.map_or(0, |c| c.0))))
+    }
+
+    async fn append_one(&self, n: &Notification) -> Result<()> {
+        // The first record wins: on a replay, reuse the stored created_at so
+        // the index and initial-state writes below hit the same keys again.
+        let (webhook, created) = match self.head(n.id).await? {
+            Some(head) => head,
+            None => {
+                let content = serde_json::to_string(&n.content)
+                    .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
+                let created = to_ms(n.created_at);
+                self.session
+                    .execute_unpaged(
+                        &self.st.insert_notification,
+                        (
+                            n.id.0,
+                            &n.webhook_id,
+                            &n.event_source,
+                            &n.event_id,
+                            &n.event_type,
+                            &n.subject,
+                            CqlTimestamp(to_ms(n.event_time)),
+                            CqlTimestamp(created),
+                            &n.template_hash,
+                            content,
+                            created * 1000,
+                        ),
+                    )
+                    .await?;
+                (n.webhook_id.clone(), created)
+            }
+        };
+        let status = NotificationState::initial(&n.content).status;
+        let ts = created * 1000;
+        let index = self.session.execute_unpaged(
+            &self.st.insert_by_webhook,
+            (
+                &webhook,
+                day_of(created)?,
+                CqlTimestamp(created),
+                n.id.0,
+                ts,
+            ),
+        );
+        let state = self
+            .session
+            .execute_unpaged(&self.st.insert_initial_state, (n.id.0, status.as_str(), ts));
+        futures::try_join!(index, state)?;
+        Ok(())
+    }
+
+    async fn append_attempt(&self, a: &Attempt) -> Result<()> {
+        let id = a.notification_id;
+        let (head, state) = futures::try_join!(self.head(id), self.state(id))?;
+        let Some((webhook, created)) = head else {
+            return Err(StoreError::NotFound(id));
+        };
+        let current = state.map(|s| s.status);
+        if current == Some(Status::RenderFailed) {
+            return Err(StoreError::Invalid(format!(
+                "notification {id} failed to render and cannot have attempts"
+            )));
+        }
+        let started = to_ms(a.started_at);
+        self.session
+            .execute_unpaged(
+                &self.st.insert_attempt,
+                (
+                    id.0,
+                    CqlTimestamp(started),
+                    a.attempt_id,
+                    to_i32(a.attempt_no),
+                    a.trigger.as_str(),
+                    to_i32(a.duration_ms),
+                    a.outcome.as_str(),
+                    a.http_status.map(i32::from),
+                    &a.error,
+                    &a.response_excerpt,
+                    a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
+                ),
+            )
+            .await?;
+        let ts = attempt_write_ts(a.started_at, created);
+        let implied = a.implied_status();
+        let state = self.session.execute_unpaged(
+            &self.st.insert_state,
+            (
+                id.0,
+                implied.as_str(),
+                to_i32(a.attempt_no),
+                CqlTimestamp(started),
+                a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
+                ts,
+            ),
+        );
+        let day = day_of(created)?;
+        let failed = async {
+            if implied == Status::Failed {
+                self.session
+                    .execute_unpaged(
+                        &self.st.insert_failed,
+                        (&webhook, day, CqlTimestamp(created), id.0, ts),
+                    )
+                    .await?;
+            } else if current == Some(Status::Failed) || a.trigger == Trigger::Manual {
+                // Only when this attempt may supersede a failure: deleting
+                // on every delivery would fill the partitions with tombstones.
+                // A failed row left behind by reordering is filtered on read.
+                self.session
+                    .execute_unpaged(
+                        &self.st.delete_failed,
+                        (ts, &webhook, day, CqlTimestamp(created), id.0),
+                    )
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        futures::try_join!(async { Ok::<_, StoreError>(state.await?) }, failed)?;
+        Ok(())
+    }
+
+    async fn load_notification(&self, id: NotificationId) -> Result<Option<Notification>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_notification, (id.0,))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<NotificationRow>()?;
+        row.map(notification_from_row).transpose()
+    }
+
+    async fn load_listed(&self, id: NotificationId) -> Result<Option<ListedNotification>> {
+        let (n, s) = futures::try_join!(self.load_notification(id), self.state(id))?;
+        Ok(n.map(|notification| {
+            let state = s.unwrap_or_else(|| NotificationState::initial(&notification.content));
+            ListedNotification {
+                notification,
+                state,
+            }
+        }))
+    }
+
+    /// Walk the index table day by day, newest first, from the cursor, and
+    /// keep the rows whose notification matches. See [`NotificationStore::list`].
+    async fn scan(&self, query: &ListQuery, index: Index, status: Option<Status>) -> Result<Page> {
+        let (limit, cursor) = query.checked()?;
+        let (from, to) = query.range.millis();
+        if from >= to {
+            return Ok(Page::default());
+        }
+        let webhook = query.webhook_id.as_str();
+        let first_day = day_of(from)?;
+        let mut pos = cursor;
+        let mut day = day_of(to - 1)?;
+        if let Some(c) = pos {
+            day = day.min(day_of(c.created_at_ms)?);
+        }
+        let (mut rows_left, mut queries_left) = (SCAN_BUDGET_ROWS, SCAN_BUDGET_QUERIES);
+        let mut items = Vec::with_capacity(limit);
+        while day >= first_day {
+            loop {
+                if queries_left == 0 {
+                    return Ok(page(items, pos));
+                }
+                queries_left -= 1;
+                let want = match status {
+                    Some(_) => FILTERED_CHUNK.min(rows_left),
+                    None => limit - items.len(),
+                };
+                let want = want.max(1);
+                let i = index as usize;
+                let result = match pos.filter(|c| day_of(c.created_at_ms).ok() == Some(day)) {
+                    Some(c) => {
+                        self.session
+                            .execute_unpaged(
+                                &self.st.list_after[i],
+                                (
+                                    webhook,
+                                    day,
+                                    CqlTimestamp(c.created_at_ms),
+                                    c.id.0,
+                                    CqlTimestamp(from),
+                                    want as i32,
+                                ),
+                            )
+                            .await?
+                    }
+                    None => {
+                        self.session
+                            .execute_unpaged(
+                                &self.st.list_first[i],
+                                (
+                                    webhook,
+                                    day,
+                                    CqlTimestamp(from),
+                                    CqlTimestamp(to),
+                                    want as i32,
+                                ),
+                            )
+                            .await?
+                    }
+                };
+                let rows = result
+                    .into_rows_result()?
+                    .rows::<(CqlTimestamp, Uuid)>()?
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let fetched = try_join_all(
+                    rows.iter()
+                        .map(|(_, id)| self.load_listed(NotificationId(*id))),
+                )
+                .await?;
+                for ((created, id), item) in rows.iter().zip(fetched) {
+                    pos = Some(Cursor {
+                        created_at_ms: created.0,
+                        id: NotificationId(*id),
+                    });
+                    rows_left = rows_left.saturating_sub(1);
+                    // An index row whose notification is missing (a write
+                    // still being retried) or has another created_at (lost a
+                    // race of two first appends) is not a listing entry.
+                    let keep = item.filter(|it| {
+                        it.notification.webhook_id == webhook
+                            && to_ms(it.notification.created_at) == created.0
+                            && status.is_none_or(|s| it.state.status == s)
+                    });
+                    if let Some(it) = keep {
+                        items.push(it);
+                    }
+                    if items.len() == limit || rows_left == 0 {
+                        return Ok(page(items, pos));
+                    }
+                }
+                if rows.len() < want {
+                    break;
+                }
+            }
+            // Resume before this day: nothing sorts below (day start, nil id).
+            pos = Some(Cursor {
+                created_at_ms: day_start_ms(day),
+                id: NotificationId(Uuid::nil()),
+            });
+            day = match day.pred_opt() {
+                Some(d) => d,
+                None => break,
+            };
+        }
+        Ok(page(items, None))
+    }
+}
+
+fn page(items: Vec<ListedNotification>, pos: Option<Cursor>) -> Page {
+    Page {
+        items,
+        next_cursor: pos.map(|c| c.encode()),
+    }
+}
+
+#[async_trait]
+impl NotificationStore for CqlStore {
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<()> {
+        for n in batch {
+            self.limits.check_notification(n)?;
+        }
+        // A loop, not a closure: a closure here trips the higher-ranked
+        // `Send` check of `async_trait` futures.
+        let mut writes = Vec::with_capacity(batch.len());
+        for n in batch {
+            writes.push(self.append_one(n));
+        }
+        futures::stream::iter(writes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn append_attempts(&self, batch: &[Attempt]) -> Result<()> {
+        let bounded: Vec<Attempt> = batch.iter().map(|a| self.limits.bound_attempt(a)).collect();
+        let mut writes = Vec::with_capacity(bounded.len());
+        for a in &bounded {
+            writes.push(self.append_attempt(a));
+        }
+        futures::stream::iter(writes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>> {
+        let attempts = async {
+            let rows = self
+                .session
+                .execute_unpaged(&self.st.select_attempts, (id.0,))
+                .await?
+                .into_rows_result()?;
+            rows.rows::<AttemptRow>()?
+                .map(|r| attempt_from_row(r?))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (notification, attempts) = futures::try_join!(self.load_notification(id), attempts)?;
+        Ok(notification.map(|notification| {
+            let state = NotificationState::derive(&notification.content, &attempts);
+            NotificationRecord {
+                notification,
+                attempts,
+                state,
+            }
+        }))
+    }
+
+    async fn state(&self, id: NotificationId) -> Result<Option<NotificationState>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_state, (id.0,))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<StateRow>()?;
+        row.map(state_from_row).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page> {
+        // The failed index is exact enough to drive a `failed` filter and
+        // far smaller than the full listing.
+        match query.status {
+            Some(Status::Failed) => self.scan(query, Index::Failed, Some(Status::Failed)).await,
+            status => self.scan(query, Index::ByWebhook, status).await,
+        }
+    }
+
+    async fn list_exhausted(&self, query: &ListQuery) -> Result<Page> {
+        self.scan(query, Index::Failed, Some(Status::Failed)).await
+    }
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn day_of(ms: i64) -> Result<NaiveDate> {
+    Ok(from_ms(ms)?.date_naive())
+}
+
+fn day_start_ms(day: NaiveDate) -> i64 {
+    day.and_hms_opt(0, 0, 0)
+        .map_or(i64::MIN, |t| t.and_utc().timestamp_millis())
+}
+
+fn ts(t: Option<CqlTimestamp>, what: &str) -> Result<DateTime<Utc>> {
+    from_ms(
+        t.ok_or_else(|| StoreError::corrupt(format!("{what} is null")))?
+            .0,
+    )
+}
+
+fn req<T>(v: Option<T>, what: &str) -> Result<T> {
+    v.ok_or_else(|| StoreError::corrupt(format!("{what} is null")))
+}
+
+fn parse<T: std::str::FromStr>(s: Option<String>, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = req(s, what)?;
+    s.parse()
+        .map_err(|e| StoreError::corrupt(format!("{what} {s:?}: {e}")))
+}
+
+fn notification_from_row(r: NotificationRow) -> Result<Notification> {
+    let id = NotificationId(r.0);
+    let content: NotificationContent = serde_json::from_str(&req(r.9, "content")?)
+        .map_err(|e| StoreError::corrupt(format!("content of {id}: {e}")))?;
+    Ok(Notification {
+        id,
+        webhook_id: req(r.1, "webhook_id")?,
+        event_source: req(r.2, "event_source")?,
+        event_id: req(r.3, "event_id")?,
+        event_type: req(r.4, "event_type")?,
+        subject: r.5,
+        event_time: ts(r.6, "event_time")?,
+        created_at: ts(r.7, "created_at")?,
+        template_hash: r.8.unwrap_or_default(),
+        content,
+    })
+}
+
+fn attempt_from_row(r: AttemptRow) -> Result<Attempt> {
+    let u32_of = |v: Option<i32>, what: &str| {
+        req(v, what).and_then(|v| {
+            u32::try_from(v).map_err(|_| StoreError::corrupt(format!("{what} is {v}")))
+        })
+    };
+    Ok(Attempt {
+        notification_id: NotificationId(r.0),
+        started_at: from_ms(r.1.0)?,
+        attempt_id: r.2,
+        attempt_no: u32_of(r.3, "attempt_no")?,
+        trigger: parse(r.4, "trigger")?,
+        duration_ms: u32_of(r.5, "duration_ms")?,
+        outcome: parse(r.6, "outcome")?,
+        http_status: r
+            .7
+            .map(|s| u16::try_from(s).map_err(|_| StoreError::corrupt(format!("http status {s}"))))
+            .transpose()?,
+        error: r.8,
+        response_excerpt: r.9,
+        next_attempt_at: r.10.map(|t| from_ms(t.0)).transpose()?,
+    })
+}
+
+fn state_from_row(r: StateRow) -> Result<NotificationState> {
+    Ok(NotificationState {
+        status: parse(r.0, "status")?,
+        attempts: u32::try_from(r.1.unwrap_or(0))
+            .map_err(|_| StoreError::corrupt("negative attempt count"))?,
+        last_attempt_at: r.2.map(|t| from_ms(t.0)).transpose()?,
+        next_attempt_at: r.3.map(|t| from_ms(t.0)).transpose()?,
+    })
+}
+
+fn db_error_retriable(e: &DbError) -> bool {
+    !matches!(
+        e,
+        DbError::SyntaxError
+            | DbError::Invalid
+            | DbError::AlreadyExists { .. }
+            | DbError::FunctionFailure { .. }
+            | DbError::AuthenticationError
+            | DbError::Unauthorized
+            | DbError::ConfigError
+            | DbError::ProtocolError
+    )
+}
+
+fn execution_retriable(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::BadQuery(_) => false,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => {
+            db_error_retriable(db)
+        }
+        ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(_)) => false,
+        _ => true,
+    }
+}
+
+fn cql(message: impl std::fmt::Display, retriable: bool) -> StoreError {
+    StoreError::Cql {
+        message: message.to_string(),
+        retriable,
+    }
+}
+
+impl From<ExecutionError> for StoreError {
+    fn from(e: ExecutionError) -> Self {
+        let retriable = execution_retriable(&e);
+        cql(e, retriable)
+    }
+}
+
+impl From<PrepareError> for StoreError {
+    fn from(e: PrepareError) -> Self {
+        // A prepare fails for a bad statement (schema missing: permanent
+        // until migrated) or an unreachable cluster (transient).
+        let retriable = !matches!(
+            &e,
+            PrepareError::AllAttemptsFailed {
+                first_attempt: RequestAttemptError::DbError(db, _)
+            } if !db_error_retriable(db)
+        );
+        cql(e, retriable)
+    }
+}
+
+impl From<NewSessionError> for StoreError {
+    fn from(e: NewSessionError) -> Self {
+        let retriable = !matches!(
+            e,
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_)
+        );
+        cql(e, retriable)
+    }
+}
+
+impl From<IntoRowsResultError> for StoreError {
+    fn from(e: IntoRowsResultError) -> Self {
+        cql(e, false)
+    }
+}
+
+impl From<RowsError> for StoreError {
+    fn from(e: RowsError) -> Self {
+        cql(e, false)
+    }
+}
+
+impl From<MaybeFirstRowError> for StoreError {
+    fn from(e: MaybeFirstRowError) -> Self {
+        cql(e, false)
+    }
+}
+
+impl From<scylla::deserialize::DeserializationError> for StoreError {
+    fn from(e: scylla::deserialize::DeserializationError) -> Self {
+        cql(e, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_files_split_into_substituted_statements() {
+        let stmts = schema_statements(
+            "herald_t",
+            &Replication::Simple {
+                replication_factor: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(stmts.len(), 6, "{stmts:#?}");
+        assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS herald_t"));
+        assert!(stmts[0].contains("'replication_factor': 1"));
+        for s in &stmts {
+            assert!(!s.contains("${"), "{s}");
+            assert!(!s.contains("--"), "{s}");
+        }
+        for table in [
+            "notifications ",
+            "attempts ",
+            "notifications_by_webhook ",
+            "notification_state ",
+            "failed_by_webhook ",
+        ] {
+            let t = format!("herald_t.{table}");
+            assert!(stmts.iter().any(|s| s.contains(&t)), "missing {t}");
+        }
+        let opt = statements(OPTIONAL_COMPACTION_CQL, "herald_t", "");
+        assert_eq!(opt.len(), 2);
+    }
+
+    #[test]
+    fn replication_renders_and_names_are_checked() {
+        let r = Replication::NetworkTopology {
+            datacenters: [("dc1".to_string(), 3), ("dc2".to_string(), 2)].into(),
+        };
+        assert_eq!(
+            r.to_cql().unwrap(),
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
+        );
+        let bad = Replication::NetworkTopology {
+            datacenters: [("x'; DROP".to_string(), 1)].into(),
+        };
+        assert!(bad.to_cql().is_err());
+        assert!(check_keyspace("Herald").is_err());
+        assert!(check_keyspace("1herald").is_err());
+        assert!(check_keyspace("herald; drop").is_err());
+        assert!(check_keyspace("herald_prod_1").is_ok());
+    }
+
+    #[test]
+    fn days_start_at_utc_midnight() {
+        let d = day_of(86_400_000 + 5).unwrap();
+        assert_eq!(d, NaiveDate::from_ymd_opt(1970, 1, 2).unwrap());
+        assert_eq!(day_start_ms(d), 86_400_000);
+        assert_eq!(day_of(86_400_000 - 1).unwrap().to_string(), "1970-01-01");
+    }
+
+    #[test]
+    fn auth_debug_hides_the_password() {
+        let a = CqlAuth {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,115 @@
+//! Bounds on what the store accepts and keeps: request bodies are rejected
+//! above a maximum (never truncated), response excerpts and error texts are
+//! cut to a maximum and visibly marked as cut.
+
+use herald_core::{Attempt, Notification, NotificationContent};
+use serde::Deserialize;
+
+use crate::{Result, StoreError};
+
+/// Size limits enforced by every adapter before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreLimits {
+    /// Largest rendered request body accepted, in bytes. A larger body makes
+    /// the append fail with [`StoreError::TooLarge`]: an audit record must
+    /// hold exactly what was (or would be) sent.
+    pub max_request_body_bytes: usize,
+    /// Bytes of a response excerpt (and of an attempt's error text) that are
+    /// kept. Longer text is cut on a char boundary and marked with a
+    /// `…[truncated N bytes]` suffix, which comes on top of this budget.
+    pub max_response_excerpt_bytes: usize,
+}
+
+impl StoreLimits {
+    /// 1 MiB of body plus 64 KiB of slack for templates that wrap a 1 MiB
+    /// payload.
+    pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
+    pub const DEFAULT_MAX_RESPONSE_EXCERPT_BYTES: usize = 4 * 1024;
+
+    /// Reject a notification whose body is above the limit.
+    pub fn check_notification(&self, n: &Notification) -> Result<()> {
+        if n.webhook_id.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "notification {} has an empty webhook id",
+                n.id
+            )));
+        }
+        if let NotificationContent::Rendered(req) = &n.content
+            && req.body.len() > self.max_request_body_bytes
+        {
+            return Err(StoreError::TooLarge {
+                id: n.id,
+                size: req.body.len(),
+                max: self.max_request_body_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The attempt as it will be stored: excerpt and error bounded.
+    pub fn bound_attempt(&self, a: &Attempt) -> Attempt {
+        let mut a = a.clone();
+        let max = self.max_response_excerpt_bytes;
+        a.response_excerpt = a.response_excerpt.map(|s| truncate_marked(s, max));
+        a.error = a.error.map(|s| truncate_marked(s, max));
+        a
+    }
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: Self::DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_response_excerpt_bytes: Self::DEFAULT_MAX_RESPONSE_EXCERPT_BYTES,
+        }
+    }
+}
+
+/// `text` if it fits in `max` bytes; otherwise its longest prefix of at most
+/// `max` bytes ending on a char boundary, followed by
+/// `…[truncated N bytes]` where N is the number of bytes dropped.
+pub fn truncate_marked(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = text.len() - cut;
+    text.truncate(cut);
+    text.push_str(&format!("…[truncated {dropped} bytes]"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_kept_as_is() {
+        assert_eq!(truncate_marked("abc".into(), 3), "abc");
+        assert_eq!(truncate_marked(String::new(), 0), "");
+    }
+
+    #[test]
+    fn long_text_is_cut_and_marked() {
+        assert_eq!(
+            truncate_marked("abcdef".into(), 4),
+            "abcd…[truncated 2 bytes]"
+        );
+        assert_eq!(truncate_marked("abc".into(), 0), "…[truncated 3 bytes]");
+    }
+
+    #[test]
+    fn cut_never_splits_a_char() {
+        // "é" is 2 bytes, "€" is 3: a cut at 4 would split the euro sign.
+        let out = truncate_marked("aé€x".into(), 4);
+        assert_eq!(out, "aé…[truncated 4 bytes]");
+        for max in 0..10 {
+            let out = truncate_marked("€€€".into(), max);
+            assert!(out.starts_with(&"€".repeat(max.min(9) / 3)), "{max}: {out}");
+        }
+    }
+}

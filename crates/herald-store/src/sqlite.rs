@@ -1,0 +1,629 @@
+//! The embedded adapter: one SQLite file in WAL mode, written by a single
+//! writer thread that group-commits many appends in one transaction, and
+//! read through a small pool of connections on the blocking thread pool.
+//!
+//! An append returns `Ok` only after the transaction holding it committed.
+//! With `synchronous = NORMAL` (the default) a commit survives a kill of the
+//! process at any instant, but the last commits may be lost on a power
+//! failure or OS crash; [`Synchronous::Full`] also survives those, at the
+//! cost of an fsync per group commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::{
+    Attempt, Notification, NotificationContent, NotificationId, NotificationState, Status,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::query::{attempt_write_ts, from_ms, to_ms};
+use crate::{
+    Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
+    StoreError, StoreLimits,
+};
+
+const SCHEMA: &str = include_str!("sqlite_schema.sql");
+/// `PRAGMA user_version` once [`SCHEMA`] is applied.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// Durable against a process kill, not against power loss or an OS crash.
+    #[default]
+    Normal,
+    /// Durable against power loss too: an fsync per group commit.
+    Full,
+}
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// The database file; created, with its directory, when missing.
+    pub path: PathBuf,
+    /// Durability of a commit (see [`Synchronous`]).
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// Most appends (calls) committed together in one transaction.
+    #[serde(default = "default_max_group")]
+    pub max_group_commit: usize,
+    /// Appends waiting for the writer before callers are slowed down.
+    #[serde(default = "default_queue")]
+    pub write_queue: usize,
+    /// Read connections kept open.
+    #[serde(default = "default_readers")]
+    pub readers: usize,
+    /// How long a connection waits on a lock held by another process
+    /// (e.g. an operator's `sqlite3` shell) before failing, in milliseconds.
+    #[serde(default = "default_busy_ms")]
+    pub busy_timeout_ms: u64,
+}
+
+fn default_max_group() -> usize {
+    256
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_readers() -> usize {
+    4
+}
+fn default_busy_ms() -> u64 {
+    5000
+}
+
+impl SqliteConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::default(),
+            max_group_commit: default_max_group(),
+            write_queue: default_queue(),
+            readers: default_readers(),
+            busy_timeout_ms: default_busy_ms(),
+        }
+    }
+}
+
+enum WriteOp {
+    Notifications(Vec<Notification>, oneshot::Sender<Result<()>>),
+    Attempts(Vec<Attempt>, oneshot::Sender<Result<()>>),
+}
+
+/// The embedded [`NotificationStore`]. Cheap to share behind an `Arc`;
+/// dropping the last handle stops the writer thread after it has committed
+/// what it was given.
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<ReaderPool>,
+    limits: StoreLimits,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (or create) the database, apply the schema, start the writer.
+    pub async fn open(config: SqliteConfig, limits: StoreLimits) -> Result<Self> {
+        let cfg = config.clone();
+        let conn = tokio::task::spawn_blocking(move || open_writer(&cfg))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+        let max_group = config.max_group_commit.max(1);
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_group))?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(ReaderPool {
+                path: config.path,
+                busy: Duration::from_millis(config.busy_timeout_ms),
+                max_idle: config.readers.max(1),
+                idle: Mutex::new(Vec::new()),
+            }),
+            limits,
+        })
+    }
+
+    /// Notifications due for an automatic retry: status `retrying` and
+    /// `next_attempt_at <= now`, earliest due first. The standalone retry
+    /// scheduler polls this.
+    pub async fn list_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(Notification, NotificationState)>> {
+        let now = to_ms(now);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {N_COLS}, {S_COLS} FROM notification_state s \
+                 JOIN notifications n ON n.notification_id = s.notification_id \
+                 WHERE s.status = 'retrying' AND s.next_attempt_at <= ?1 \
+                 ORDER BY s.next_attempt_at, s.notification_id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now, limit], |r| Ok(read_listed(r)))?;
+            rows.map(|r| r?.map(|l| (l.notification, l.state)))
+                .collect()
+        })
+        .await
+    }
+
+    /// Notifications still `pending` (no attempt recorded) that were created
+    /// before `created_before`, oldest first: after a crash, standalone
+    /// re-queues these for their first attempt.
+    pub async fn list_unattempted(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Notification>> {
+        let before = to_ms(created_before);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {N_COLS}, {S_COLS} FROM notification_state s \
+                 JOIN notifications n ON n.notification_id = s.notification_id \
+                 WHERE s.status = 'pending' AND n.created_at < ?1 \
+                 ORDER BY n.created_at, n.notification_id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![before, limit], |r| Ok(read_listed(r)))?;
+            rows.map(|r| r?.map(|l| l.notification)).collect()
+        })
+        .await
+    }
+
+    async fn write(&self, op: impl FnOnce(oneshot::Sender<Result<()>>) -> WriteOp) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    async fn list_where(&self, query: &ListQuery, status: Option<Status>) -> Result<Page> {
+        let (limit, cursor) = query.checked()?;
+        let (from, to) = query.range.millis();
+        let webhook = query.webhook_id.clone();
+        let status = status.map(|s| s.as_str());
+        self.read(move |c| {
+            let mut sql = format!(
+                "SELECT {N_COLS}, {S_COLS} FROM notifications n \
+                 JOIN notification_state s ON s.notification_id = n.notification_id \
+                 WHERE n.webhook_id = ?1 AND n.created_at >= ?2 AND n.created_at < ?3 \
+                 AND (?4 IS NULL OR s.status = ?4)"
+            );
+            if cursor.is_some() {
+                sql.push_str(" AND (n.created_at, n.notification_id) < (?6, ?7)");
+            }
+            sql.push_str(" ORDER BY n.created_at DESC, n.notification_id DESC LIMIT ?5");
+            let mut stmt = c.prepare_cached(&sql)?;
+            // One row more than asked tells whether another page follows.
+            let fetch = limit as i64 + 1;
+            let mut rows = match cursor {
+                Some(cur) => stmt.query(params![
+                    webhook,
+                    from,
+                    to,
+                    status,
+                    fetch,
+                    cur.created_at_ms,
+                    cur.id.to_string()
+                ])?,
+                None => stmt.query(params![webhook, from, to, status, fetch])?,
+            };
+            let mut items = Vec::with_capacity(limit);
+            let mut more = false;
+            while let Some(row) = rows.next()? {
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                items.push(read_listed(row)?);
+            }
+            let next_cursor = match (more, items.last()) {
+                (true, Some(last)) => Some(cursor_of(&last.notification).encode()),
+                _ => None,
+            };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+}
+
+fn cursor_of(n: &Notification) -> Cursor {
+    Cursor {
+        created_at_ms: to_ms(n.created_at),
+        id: n.id,
+    }
+}
+
+#[async_trait]
+impl NotificationStore for SqliteStore {
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for n in batch {
+            self.limits.check_notification(n)?;
+        }
+        let batch = batch.to_vec();
+        self.write(|tx| WriteOp::Notifications(batch, tx)).await
+    }
+
+    async fn append_attempts(&self, batch: &[Attempt]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.iter().map(|a| self.limits.bound_attempt(a)).collect();
+        self.write(|tx| WriteOp::Attempts(batch, tx)).await
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>> {
+        self.read(move |c| {
+            let id_s = id.to_string();
+            let notification = c
+                .prepare_cached(&format!(
+                    "SELECT {N_COLS} FROM notifications n WHERE n.notification_id = ?1"
+                ))?
+                .query_row([&id_s], |r| Ok(read_notification(r)))
+                .optional()?
+                .transpose()?;
+            let Some(notification) = notification else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT notification_id, started_at, attempt_id, attempt_no, trigger, \
+                 duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at \
+                 FROM attempts WHERE notification_id = ?1 ORDER BY started_at, attempt_id",
+            )?;
+            let attempts = stmt
+                .query_map([&id_s], |r| Ok(read_attempt(r)))?
+                .map(|r| r?)
+                .collect::<Result<Vec<_>>>()?;
+            let state = NotificationState::derive(&notification.content, &attempts);
+            Ok(Some(NotificationRecord {
+                notification,
+                attempts,
+                state,
+            }))
+        })
+        .await
+    }
+
+    async fn state(&self, id: NotificationId) -> Result<Option<NotificationState>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {S_COLS} FROM notification_state s WHERE s.notification_id = ?1"
+            ))?
+            .query_row([id.to_string()], |r| Ok(read_state(r, 0)))
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page> {
+        self.list_where(query, query.status).await
+    }
+
+    async fn list_exhausted(&self, query: &ListQuery) -> Result<Page> {
+        self.list_where(query, Some(Status::Failed)).await
+    }
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    busy: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(c) = self.idle.lock().expect("reader pool poisoned").pop() {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        c.busy_timeout(self.busy)?;
+        Ok(c)
+    }
+
+    fn give_back(&self, c: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool poisoned");
+        if idle.len() < self.max_idle {
+            idle.push(c);
+        }
+    }
+}
+
+fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
+    if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let conn = Connection::open(&cfg.path)?;
+    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Invalid(format!(
+            "{} cannot use WAL mode (got {mode})",
+            display(&cfg.path)
+        )));
+    }
+    let sync = match cfg.synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
+            display(&cfg.path)
+        )));
+    }
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
+    Ok(conn)
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The writer thread: take one append, then whatever else is already
+/// queued (up to `max_group`), apply each in its own savepoint so that one
+/// bad append fails alone, commit once, then answer every caller.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_group: usize) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let outcome = apply_group(&mut conn, &group);
+        match outcome {
+            Ok(results) => {
+                for (op, result) in group.into_iter().zip(results) {
+                    let _ = reply(op).send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, appends = group.len(), "sqlite group commit failed");
+                let msg = e.to_string();
+                for op in group {
+                    let _ = reply(op).send(Err(StoreError::CommitFailed(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn reply(op: WriteOp) -> oneshot::Sender<Result<()>> {
+    match op {
+        WriteOp::Notifications(_, tx) | WriteOp::Attempts(_, tx) => tx,
+    }
+}
+
+fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<()>>> {
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(group.len());
+    for op in group {
+        let mut sp = tx.savepoint()?;
+        let r = match op {
+            WriteOp::Notifications(ns, _) => {
+                ns.iter().try_for_each(|n| insert_notification(&sp, n))
+            }
+            WriteOp::Attempts(atts, _) => atts.iter().try_for_each(|a| insert_attempt(&sp, a)),
+        };
+        match &r {
+            Ok(()) => sp.commit()?,
+            Err(_) => sp.rollback()?,
+        }
+        results.push(r);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// Emulates a CQL write with `USING TIMESTAMP`: the row is replaced only by
+/// a write with the same or a later write time.
+const UPSERT_STATE: &str = "INSERT INTO notification_state \
+     (notification_id, status, attempts, last_attempt_at, next_attempt_at, write_ts) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (notification_id) DO UPDATE SET status = excluded.status, \
+     attempts = excluded.attempts, last_attempt_at = excluded.last_attempt_at, \
+     next_attempt_at = excluded.next_attempt_at, write_ts = excluded.write_ts \
+     WHERE excluded.write_ts >= notification_state.write_ts";
+
+fn insert_notification(tx: &Connection, n: &Notification) -> Result<()> {
+    let content = serde_json::to_string(&n.content)
+        .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
+    let created = to_ms(n.created_at);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO notifications (notification_id, webhook_id, event_source, event_id, \
+             event_type, subject, event_time, created_at, template_hash, content) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (notification_id) DO NOTHING",
+        )?
+        .execute(params![
+            n.id.to_string(),
+            n.webhook_id,
+            n.event_source,
+            n.event_id,
+            n.event_type,
+            n.subject,
+            to_ms(n.event_time),
+            created,
+            n.template_hash,
+            content,
+        ])?;
+    if inserted == 1 {
+        let s = NotificationState::initial(&n.content);
+        tx.prepare_cached(UPSERT_STATE)?.execute(params![
+            n.id.to_string(),
+            s.status.as_str(),
+            s.attempts,
+            None::<i64>,
+            None::<i64>,
+            created * 1000,
+        ])?;
+    }
+    Ok(())
+}
+
+fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
+    let id = a.notification_id.to_string();
+    let found: Option<(i64, String)> = tx
+        .prepare_cached(
+            "SELECT n.created_at, s.status FROM notifications n \
+             JOIN notification_state s ON s.notification_id = n.notification_id \
+             WHERE n.notification_id = ?1",
+        )?
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((created_ms, status)) = found else {
+        return Err(StoreError::NotFound(a.notification_id));
+    };
+    if status == Status::RenderFailed.as_str() {
+        return Err(StoreError::Invalid(format!(
+            "notification {} failed to render and cannot have attempts",
+            a.notification_id
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO attempts (notification_id, started_at, attempt_id, attempt_no, trigger, \
+         duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        id,
+        to_ms(a.started_at),
+        a.attempt_id.to_string(),
+        a.attempt_no,
+        a.trigger.as_str(),
+        a.duration_ms,
+        a.outcome.as_str(),
+        a.http_status,
+        a.error,
+        a.response_excerpt,
+        a.next_attempt_at.map(to_ms),
+    ])?;
+    tx.prepare_cached(UPSERT_STATE)?.execute(params![
+        id,
+        a.implied_status().as_str(),
+        a.attempt_no,
+        to_ms(a.started_at),
+        a.next_attempt_at.map(to_ms),
+        attempt_write_ts(a.started_at, created_ms),
+    ])?;
+    Ok(())
+}
+
+/// Notification columns, in the order [`read_notification`] reads them.
+const N_COLS: &str = "n.notification_id, n.webhook_id, n.event_source, n.event_id, \
+     n.event_type, n.subject, n.event_time, n.created_at, n.template_hash, n.content";
+const N_COUNT: usize = 10;
+/// State columns, in the order [`read_state`] reads them.
+const S_COLS: &str = "s.status, s.attempts, s.last_attempt_at, s.next_attempt_at";
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| StoreError::corrupt(format!("{what} {s:?}: {e}")))
+}
+
+fn read_notification(r: &Row<'_>) -> Result<Notification> {
+    let id: String = r.get(0)?;
+    let content: String = r.get(9)?;
+    let content: NotificationContent = serde_json::from_str(&content)
+        .map_err(|e| StoreError::corrupt(format!("content of {id}: {e}")))?;
+    Ok(Notification {
+        id: parse(&id, "notification id")?,
+        webhook_id: r.get(1)?,
+        event_source: r.get(2)?,
+        event_id: r.get(3)?,
+        event_type: r.get(4)?,
+        subject: r.get(5)?,
+        event_time: from_ms(r.get(6)?)?,
+        created_at: from_ms(r.get(7)?)?,
+        template_hash: r.get(8)?,
+        content,
+    })
+}
+
+fn read_state(r: &Row<'_>, at: usize) -> Result<NotificationState> {
+    let status: String = r.get(at)?;
+    Ok(NotificationState {
+        status: parse(&status, "status")?,
+        attempts: r.get(at + 1)?,
+        last_attempt_at: r.get::<_, Option<i64>>(at + 2)?.map(from_ms).transpose()?,
+        next_attempt_at: r.get::<_, Option<i64>>(at + 3)?.map(from_ms).transpose()?,
+    })
+}
+
+fn read_listed(r: &Row<'_>) -> Result<ListedNotification> {
+    Ok(ListedNotification {
+        notification: read_notification(r)?,
+        state: read_state(r, N_COUNT)?,
+    })
+}
+
+fn read_attempt(r: &Row<'_>) -> Result<Attempt> {
+    let nid: String = r.get(0)?;
+    let aid: String = r.get(2)?;
+    let trigger: String = r.get(4)?;
+    let outcome: String = r.get(6)?;
+    Ok(Attempt {
+        notification_id: parse(&nid, "notification id")?,
+        started_at: from_ms(r.get(1)?)?,
+        attempt_id: parse(&aid, "attempt id")?,
+        attempt_no: r.get(3)?,
+        trigger: parse(&trigger, "trigger")?,
+        duration_ms: r.get(5)?,
+        outcome: parse(&outcome, "outcome")?,
+        http_status: r.get(7)?,
+        error: r.get(8)?,
+        response_excerpt: r.get(9)?,
+        next_attempt_at: r.get::<_, Option<i64>>(10)?.map(from_ms).transpose()?,
+    })
+}
