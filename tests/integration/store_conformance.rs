@@ -12,7 +12,9 @@ use herald_core::{
     Attempt, HeaderValue, Method, Notification, NotificationContent, NotificationId,
     NotificationState, Outcome, RenderedHeader, RenderedRequest, Status, Trigger,
 };
-use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
+use herald_store::cql::{
+    CqlConfig, CqlStore, Replication, apply_optional_compaction, connect_session, migrate,
+};
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use herald_store::{ListQuery, NotificationStore, Page, StoreError, StoreLimits, TimeRange};
 use herald_tests::{cql_node, unique_name};
@@ -673,6 +675,10 @@ async fn cql_store(test: &str) -> Option<Arc<CqlStore>> {
             migrate(&session, keyspace, &rf1)
                 .await
                 .expect("migrate again");
+            // The optional compaction file must at least be valid CQL.
+            apply_optional_compaction(&session, keyspace)
+                .await
+                .expect("optional compaction");
         })
         .await;
     Some(Arc::new(
