@@ -279,6 +279,22 @@ async fn state_converges_whatever_the_arrival_order(store: &dyn NotificationStor
         (s.status, s.attempts, s.next_attempt_at),
         (Status::Failed, 2, None)
     );
+    // A delivery host whose clock runs behind the ingest host: the attempt
+    // "starts" before the notification was created, and still wins over the
+    // initial pending state.
+    let n = notification(&wh, 102, at(10_000));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    store
+        .append_attempts(&[attempt(&n, 1, at(9_990), Outcome::Success, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state(n.id).await.unwrap().unwrap().status,
+        Status::Delivered
+    );
     // A still-retrying notification exposes when the next attempt is due.
     let n = notification(&wh, 101, at(0));
     store
