@@ -1,9 +1,21 @@
-//! The `herald` binary: one entry point for standalone mode, the Kafka-mode
-//! services and the operator's tools.
+//! The `herald` binary: one entry point for standalone mode, the demo and
+//! the operator's tools. `herald --help` is the map.
 
+mod demo;
+mod standalone;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use herald_core::{CloudEvent, HeaderValue, Webhooks};
+use herald_delivery::EnvAndFileSecrets;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -19,18 +31,175 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run standalone mode with example banking webhooks, a demo receiver and
-    /// a handful of events, and show what was delivered.
-    Demo,
+    /// a handful of events; show deliveries, retries and the history.
+    Demo {
+        /// Keep Herald and the receiver running after the demo (Ctrl-C stops).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Run ingest and delivery in one process on SQLite (no Kafka, no Scylla).
+    Standalone {
+        /// Configuration file (TOML); `HERALD_*` environment variables override it.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check and render webhook templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Validate a webhook definitions file; every error is listed.
+    Check {
+        #[arg(long, default_value = "deploy/webhooks.example.toml")]
+        webhooks: PathBuf,
+    },
+    /// Print exactly the request a webhook would send for an event (secrets masked).
+    Render {
+        #[arg(long, default_value = "deploy/webhooks.example.toml")]
+        webhooks: PathBuf,
+        /// The webhook id.
+        #[arg(long)]
+        webhook: String,
+        /// A CloudEvents JSON file.
+        #[arg(long)]
+        event: PathBuf,
+    },
+}
+
+/// The configuration file: one section per mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    standalone: standalone::StandaloneConfig,
+}
+
+/// Exit codes scripts can rely on.
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Demo => {
-            eprintln!(
-                "herald demo: not yet — standalone mode is being built (see docs/architecture.md)"
-            );
-            ExitCode::from(3)
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo { keep_running } => {
+                init_logs("error");
+                demo::run(keep_running).await
+            }
+            Command::Standalone { config } => {
+                init_logs("info");
+                run_standalone(config.as_deref()).await
+            }
+            Command::Template(TemplateCommand::Check { webhooks }) => {
+                let w = load_webhooks(&webhooks)?;
+                println!("{}: {} webhooks, all valid", webhooks.display(), w.len());
+                Ok(())
+            }
+            Command::Template(TemplateCommand::Render {
+                webhooks,
+                webhook,
+                event,
+            }) => render(&webhooks, &webhook, &event),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::from(if e.is::<UsageError>() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            })
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_webhooks(path: &Path) -> anyhow::Result<Webhooks> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Webhooks::from_toml(&text)
+        .map_err(|e| anyhow::Error::new(UsageError(format!("{}:\n{e}", path.display()))))
+}
+
+async fn run_standalone(config: Option<&Path>) -> anyhow::Result<()> {
+    let mut figment = Figment::new();
+    if let Some(path) = config {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let file: FileConfig = figment
+        .merge(Env::prefixed("HERALD_").split("__").ignore(&["config"]))
+        .extract()
+        .map_err(|e| UsageError(format!("configuration: {e}")))?;
+    let webhooks = load_webhooks(&file.standalone.webhooks)?;
+    let shutdown = CancellationToken::new();
+    let running = standalone::start(
+        file.standalone,
+        webhooks,
+        Arc::new(EnvAndFileSecrets),
+        shutdown.clone(),
+    )
+    .await?;
+    shutdown_on_signal(shutdown).await;
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight attempts");
+    shutdown.cancel();
+}
+
+fn render(webhooks: &Path, id: &str, event: &Path) -> anyhow::Result<()> {
+    let set = load_webhooks(webhooks)?;
+    let webhook = set
+        .get(id)
+        .ok_or_else(|| UsageError(format!("no webhook {id:?} in {}", webhooks.display())))?;
+    let bytes = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
+    let event = CloudEvent::from_json(&bytes)
+        .map_err(|e| UsageError(format!("{}: {e}", event.display())))?;
+    if !webhook.matches(&event) {
+        println!(
+            "# note: webhook {id} does not match this event (type or filter); rendering anyway"
+        );
+    }
+    let request = set
+        .render(webhook, &event)
+        .map_err(|e| UsageError(format!("render failed: {e}")))?;
+    println!("{} {}", request.method, request.url);
+    println!("content-type: {}", request.content_type);
+    for h in &request.headers {
+        match &h.value {
+            HeaderValue::Text(v) => println!("{}: {v}", h.name),
+            HeaderValue::Secret { name, prefix } => println!("{}: {prefix}<secret {name}>", h.name),
+        }
+    }
+    println!(
+        "webhook-id: <notification id>\nwebhook-timestamp: <send time>\nwebhook-signature: <v1,… per signing secret>\n"
+    );
+    println!("{}", request.body);
+    Ok(())
 }

@@ -1,0 +1,339 @@
+//! The standalone pipeline: accept events (durably), render and store their
+//! notifications, and deliver them with delayed retries as timers in memory
+//! backed by due times in SQLite. A crash loses nothing: on start, every
+//! stored notification without an outcome is scheduled again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_core::{CloudEvent, Decision, Notification, NotificationId, Status, Trigger, Webhooks};
+use herald_delivery::{AttemptPlan, AttemptResult, Deliverer};
+use herald_store::sqlite::SqliteStore;
+use herald_store::{NotificationStore, StoreError};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::time::DelayQueue;
+use tracing::{debug, error, info, warn};
+
+use super::metrics::Metrics;
+
+/// One attempt waiting for its due time.
+#[derive(Debug, Clone)]
+struct Work {
+    notification: Arc<Notification>,
+    attempt_no: u32,
+    trigger: Trigger,
+    first_failure_at: Option<DateTime<Utc>>,
+    due_at: DateTime<Utc>,
+}
+
+/// Shared handle on the running pipeline.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<SqliteStore>,
+    webhooks: Arc<Webhooks>,
+    schedule: mpsc::UnboundedSender<Work>,
+    attempts: broadcast::Sender<(Arc<Notification>, AttemptResult)>,
+    pub(crate) metrics: Metrics,
+}
+
+/// Why an event batch was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("event {index}: {source}")]
+    Invalid {
+        index: usize,
+        source: herald_core::EventError,
+    },
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Engine {
+    /// Start the scheduler and its workers. They stop when `shutdown` fires,
+    /// after in-flight attempts are recorded.
+    pub async fn start(
+        store: Arc<SqliteStore>,
+        deliverer: Deliverer,
+        webhooks: Arc<Webhooks>,
+        concurrency: usize,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Self, StoreError> {
+        let (schedule, rx) = mpsc::unbounded_channel();
+        let (attempts, _) = broadcast::channel(1024);
+        let engine = Self {
+            store,
+            webhooks,
+            schedule,
+            attempts,
+            metrics,
+        };
+        let runner = engine.clone();
+        tracker.spawn(runner.schedule_loop(
+            rx,
+            deliverer,
+            concurrency,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    /// A feed of every attempt made, for the demo's live view.
+    pub fn subscribe(&self) -> broadcast::Receiver<(Arc<Notification>, AttemptResult)> {
+        self.attempts.subscribe()
+    }
+
+    /// Decode, render and durably store a batch of events. Returns the ids of
+    /// the notifications created, once they are committed; nothing of an
+    /// invalid batch is stored.
+    pub async fn accept(
+        &self,
+        events: Vec<serde_json::Value>,
+    ) -> Result<Vec<NotificationId>, AcceptError> {
+        let now = Utc::now();
+        let mut notifications = Vec::new();
+        for (index, value) in events.into_iter().enumerate() {
+            let event = CloudEvent::from_value(value)
+                .map_err(|source| AcceptError::Invalid { index, source })?;
+            let created = self.webhooks.notifications(&event, now);
+            if created.is_empty() {
+                self.metrics.events.with_label_values(&["unmatched"]).inc();
+            } else {
+                self.metrics.events.with_label_values(&["matched"]).inc();
+            }
+            notifications.extend(created);
+        }
+        self.store.append_notifications(&notifications).await?;
+        let ids = notifications.iter().map(|n| n.id).collect();
+        for n in notifications {
+            let status = if n.request().is_some() {
+                Status::Pending
+            } else {
+                Status::RenderFailed
+            };
+            self.metrics
+                .notifications
+                .with_label_values(&[&n.webhook_id, status.as_str()])
+                .inc();
+            if n.request().is_some() {
+                self.enqueue(Arc::new(n), 1, Trigger::Auto, None, now);
+            } else {
+                warn!(webhook = %n.webhook_id, notification = %n.id, "template failed to render: recorded as render_failed");
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Queue a manual re-send of the stored request: one attempt, now.
+    /// Returns `Ok(false)` when there is no such notification or it has no
+    /// request (render failed).
+    pub async fn resend(&self, id: NotificationId) -> Result<bool, StoreError> {
+        let Some(record) = self.store.get(id).await? else {
+            return Ok(false);
+        };
+        if record.notification.request().is_none() {
+            return Ok(false);
+        }
+        let attempt_no = record.attempts.len() as u32 + 1;
+        self.enqueue(
+            Arc::new(record.notification),
+            attempt_no,
+            Trigger::Manual,
+            None,
+            Utc::now(),
+        );
+        Ok(true)
+    }
+
+    fn enqueue(
+        &self,
+        notification: Arc<Notification>,
+        attempt_no: u32,
+        trigger: Trigger,
+        first_failure_at: Option<DateTime<Utc>>,
+        due_at: DateTime<Utc>,
+    ) {
+        // The receiver only goes away at shutdown; what is not sent then is
+        // still pending in the store and is scheduled again on the next start.
+        let _ = self.schedule.send(Work {
+            notification,
+            attempt_no,
+            trigger,
+            first_failure_at,
+            due_at,
+        });
+    }
+
+    /// Schedule everything the store says is still owed: notifications never
+    /// attempted, and retries with their due times.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let unattempted = self.store.list_unattempted(now, u32::MAX).await?;
+        let due = self
+            .store
+            .list_due(DateTime::<Utc>::MAX_UTC, u32::MAX)
+            .await?;
+        if !unattempted.is_empty() || !due.is_empty() {
+            info!(
+                unattempted = unattempted.len(),
+                retrying = due.len(),
+                "resuming deliveries stored before the restart"
+            );
+        }
+        for n in unattempted {
+            self.enqueue(Arc::new(n), 1, Trigger::Auto, None, now);
+        }
+        for (n, state) in due {
+            // The age limit counts from the first failure: read it back.
+            let first_failure_at = match self.store.get(n.id).await? {
+                Some(r) => r.attempts.iter().map(|a| a.started_at).min(),
+                None => None,
+            };
+            let at = state.next_attempt_at.unwrap_or(now);
+            self.enqueue(
+                Arc::new(n),
+                state.attempts + 1,
+                Trigger::Retry,
+                first_failure_at,
+                at,
+            );
+        }
+        Ok(())
+    }
+
+    async fn schedule_loop(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Work>,
+        deliverer: Deliverer,
+        concurrency: usize,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let mut timers: DelayQueue<Work> = DelayQueue::new();
+        let permits = Arc::new(Semaphore::new(concurrency));
+        loop {
+            let work = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(work) = rx.recv() => {
+                    let wait = (work.due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    if !wait.is_zero() {
+                        self.metrics.scheduled.inc();
+                        timers.insert(work, wait);
+                        continue;
+                    }
+                    work
+                }
+                Some(expired) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => {
+                    self.metrics.scheduled.dec();
+                    expired.into_inner()
+                }
+            };
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (engine, deliverer) = (self.clone(), deliverer.clone());
+            tracker.spawn(async move {
+                engine.deliver(&deliverer, work).await;
+                drop(permit);
+            });
+        }
+        debug!(
+            pending_timers = timers.len(),
+            "scheduler stopped; pending retries stay due in the store"
+        );
+    }
+
+    async fn deliver(&self, deliverer: &Deliverer, work: Work) {
+        let n = &work.notification;
+        let Some(request) = n.request() else { return };
+        let plan = AttemptPlan {
+            notification_id: n.id,
+            webhook_id: &n.webhook_id,
+            attempt_no: work.attempt_no,
+            trigger: work.trigger,
+            first_failure_at: work.first_failure_at,
+            request,
+        };
+        let result = deliverer.attempt(&plan).await;
+        self.record(&result).await;
+        let a = &result.attempt;
+        self.metrics
+            .attempts
+            .with_label_values(&[&n.webhook_id, a.outcome.as_str()])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[&n.webhook_id])
+            .observe(f64::from(a.duration_ms) / 1000.0);
+        match &result.decision {
+            Decision::Delivered => {
+                debug!(webhook = %n.webhook_id, notification = %n.id, attempt = a.attempt_no, "delivered")
+            }
+            Decision::Retry { due_at, tier, .. } => {
+                self.metrics
+                    .retries
+                    .with_label_values(&[&n.webhook_id, &tier.name])
+                    .inc();
+                debug!(webhook = %n.webhook_id, notification = %n.id, attempt = a.attempt_no, error = a.error.as_deref().unwrap_or(""), "attempt failed; retry scheduled");
+                let first = work.first_failure_at.unwrap_or(a.started_at);
+                self.enqueue(
+                    work.notification.clone(),
+                    a.attempt_no + 1,
+                    Trigger::Retry,
+                    Some(first),
+                    *due_at,
+                );
+            }
+            Decision::Exhausted { reason } => {
+                if a.outcome != herald_core::Outcome::Success {
+                    self.metrics
+                        .exhausted
+                        .with_label_values(&[&n.webhook_id])
+                        .inc();
+                    warn!(webhook = %n.webhook_id, notification = %n.id, attempt = a.attempt_no, %reason, error = a.error.as_deref().unwrap_or(""), "delivery failed: no further automatic attempt");
+                }
+            }
+        }
+        let _ = self.attempts.send((work.notification.clone(), result));
+    }
+
+    /// Record an attempt, retrying while the store is unavailable: an attempt
+    /// that is not on record would be made again after a restart.
+    async fn record(&self, result: &AttemptResult) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .append_attempts(std::slice::from_ref(&result.attempt))
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if e.is_retriable() => {
+                    warn!(error = %e, "recording an attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    error!(error = %e, notification = %result.attempt.notification_id, "attempt could not be recorded");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Every metric of standalone mode, declared in one place. Labels are low
+//! cardinality: webhook id (bounded by configuration), outcome, status, tier.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub events: IntCounterVec,
+    pub notifications: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub latency: HistogramVec,
+    pub retries: IntCounterVec,
+    pub exhausted: IntCounterVec,
+    pub scheduled: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let events = counter(
+            "herald_events_accepted_total",
+            "Events accepted, by whether any webhook matched.",
+            &["outcome"],
+        );
+        let notifications = counter(
+            "herald_notifications_created_total",
+            "Notifications stored, by webhook and initial status.",
+            &["webhook", "status"],
+        );
+        let attempts = counter(
+            "herald_attempts_total",
+            "Delivery attempts, by webhook and outcome.",
+            &["webhook", "outcome"],
+        );
+        let retries = counter(
+            "herald_retries_scheduled_total",
+            "Retries scheduled, by webhook and tier.",
+            &["webhook", "tier"],
+        );
+        let exhausted = counter(
+            "herald_exhausted_total",
+            "Notifications whose automatic retries are exhausted.",
+            &["webhook"],
+        );
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_attempt_duration_seconds",
+                "Duration of one delivery attempt.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
+        let scheduled = IntGauge::new(
+            "herald_retries_waiting",
+            "Attempts waiting for their due time.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(scheduled.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            events,
+            notifications,
+            attempts,
+            latency,
+            retries,
+            exhausted,
+            scheduled,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,179 @@
+//! Standalone mode: ingest and delivery in one process on embedded SQLite.
+//! No Kafka, no ScyllaDB. Events arrive by `POST /v1/events`.
+
+pub mod api;
+pub mod engine;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use herald_core::{SecretSource, Tiers, Webhooks};
+use herald_delivery::{Deliverer, HttpSender, SenderConfig, SsrfGuard};
+use herald_store::StoreLimits;
+use herald_store::sqlite::{SqliteConfig, SqliteStore};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use engine::Engine;
+
+/// Configuration of `herald standalone` (section `[standalone]` of the config
+/// file, or `HERALD_STANDALONE__*` environment variables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandaloneConfig {
+    /// Address of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The SQLite database file (created when missing).
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// The webhook definitions (TOML).
+    #[serde(default = "default_webhooks")]
+    pub webhooks: PathBuf,
+    /// Bearer tokens accepted by the API. At least one is required.
+    #[serde(default)]
+    pub api_tokens: Vec<String>,
+    /// Attempts in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Internal address ranges webhooks may reach despite the SSRF guard,
+    /// e.g. `["127.0.0.0/8"]` for a receiver on the same host.
+    #[serde(default)]
+    pub ssrf_allow: Vec<String>,
+    /// Retry tiers (standalone uses them only to label retry metrics).
+    #[serde(default = "default_tiers")]
+    pub tiers: Vec<String>,
+    /// Largest accepted API request body, in bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("static address")
+}
+fn default_database() -> PathBuf {
+    ".herald/herald.db".into()
+}
+fn default_webhooks() -> PathBuf {
+    "deploy/webhooks.example.toml".into()
+}
+fn default_concurrency() -> usize {
+    256
+}
+fn default_tiers() -> Vec<String> {
+    ["10s", "1m", "10m", "1h", "6h"].map(String::from).to_vec()
+}
+fn default_max_request() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+/// A running standalone Herald.
+pub struct Running {
+    /// Where the API listens (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Wait until every task has stopped (after the shutdown token fired).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Start standalone mode with webhook definitions already loaded.
+pub async fn start(
+    config: StandaloneConfig,
+    webhooks: Webhooks,
+    secrets: Arc<dyn SecretSource + Send + Sync>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    if config.api_tokens.iter().all(|t| t.trim().is_empty()) {
+        bail!(
+            "no API token configured: set standalone.api_tokens (or HERALD_STANDALONE__API_TOKENS)"
+        );
+    }
+    let webhooks = Arc::new(webhooks);
+    let tiers = Tiers::parse(&config.tiers).context("standalone.tiers")?;
+    let ssrf = SsrfGuard::from_allow_list(&config.ssrf_allow).map_err(anyhow::Error::msg)?;
+    let sender = HttpSender::new(SenderConfig {
+        ssrf,
+        ..SenderConfig::default()
+    });
+    let deliverer = Deliverer::new(sender, webhooks.clone(), secrets, tiers);
+    let store = SqliteStore::open(SqliteConfig::new(&config.database), StoreLimits::default())
+        .await
+        .with_context(|| format!("opening {}", config.database.display()))?;
+    let tracker = TaskTracker::new();
+    let metrics = metrics::Metrics::new();
+    let engine = Engine::start(
+        Arc::new(store),
+        deliverer,
+        webhooks,
+        config.concurrency.max(1),
+        metrics,
+        shutdown.clone(),
+        &tracker,
+    )
+    .await
+    .context("resuming stored deliveries")?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(api::ApiState {
+        engine: engine.clone(),
+        tokens: config.api_tokens.clone(),
+        max_request_bytes: config.max_request_bytes,
+    });
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                },
+            };
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            conns.spawn(async move {
+                let service = service_fn(move |req| api::handle(state.clone(), req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = shutdown.cancelled() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+    info!(%addr, database = %config.database.display(), "standalone herald listening");
+    Ok(Running {
+        addr,
+        engine,
+        tracker,
+    })
+}
