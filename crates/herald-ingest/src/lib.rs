@@ -1,0 +1,1 @@
+//! The ingest service: consumes banking events from Kafka, renders and stores notifications, produces delivery jobs.
