@@ -1,9 +1,6 @@
 //! The `herald` binary: one entry point for standalone mode, the demo and
 //! the operator's tools. `herald --help` is the map.
 
-mod demo;
-mod standalone;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use herald::{demo, standalone};
 use herald_core::{CloudEvent, HeaderValue, Webhooks};
 use herald_delivery::EnvAndFileSecrets;
 use serde::Deserialize;
