@@ -2,4 +2,5 @@
 //! as a library so tests can start them in-process; `main.rs` is the CLI.
 
 pub mod demo;
+pub mod ops;
 pub mod standalone;

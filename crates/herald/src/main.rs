@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use herald::ops::{self, ApiClient};
 use herald::{demo, standalone};
 use herald_core::{CloudEvent, HeaderValue, Webhooks};
 use herald_delivery::EnvAndFileSecrets;
@@ -44,6 +45,52 @@ enum Command {
     /// Check and render webhook templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Show the communication history of a webhook (newest first).
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        webhook: String,
+        /// pending, delivered, retrying, failed or render_failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// RFC 3339 start (inclusive); default 7 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 end (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-send stored notifications (the stored bytes, trigger manual): by
+    /// id, or in bulk by webhook, status (default failed) and time range.
+    Resend {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Notification ids.
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        webhook: Option<String>,
+        #[arg(long, requires = "webhook")]
+        status: Option<String>,
+        #[arg(long, requires = "webhook")]
+        since: Option<String>,
+        #[arg(long, requires = "webhook")]
+        until: Option<String>,
+    },
+}
+
+/// Where Herald's API is and how to authenticate.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of a Herald API (standalone, or a Kafka-mode service).
+    #[arg(long, env = "HERALD_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Bearer token (prefer the environment variable: arguments show in `ps`).
+    #[arg(long, env = "HERALD_API_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(Subcommand)]
@@ -101,6 +148,52 @@ fn main() -> ExitCode {
                 webhook,
                 event,
             }) => render(&webhooks, &webhook, &event),
+            Command::History {
+                api,
+                webhook,
+                status,
+                since,
+                until,
+                json,
+            } => {
+                let filter = ops::Filter {
+                    webhook: &webhook,
+                    status: status.as_deref(),
+                    since: since.as_deref(),
+                    until: until.as_deref(),
+                };
+                ops::history(&ApiClient::new(&api.api, &api.token), &filter, json).await
+            }
+            Command::Resend {
+                api,
+                ids,
+                webhook,
+                status,
+                since,
+                until,
+            } => {
+                let client = ApiClient::new(&api.api, &api.token);
+                let queued = match &webhook {
+                    Some(w) => {
+                        let filter = ops::Filter {
+                            webhook: w,
+                            status: status.as_deref(),
+                            since: since.as_deref(),
+                            until: until.as_deref(),
+                        };
+                        ops::resend_bulk(&client, &filter).await?
+                    }
+                    None if ids.is_empty() => {
+                        return Err(UsageError(
+                            "name notification ids, or --webhook for a bulk re-send".into(),
+                        )
+                        .into());
+                    }
+                    None => ops::resend_ids(&client, &ids).await?,
+                };
+                println!("queued {queued} re-send(s)");
+                Ok(())
+            }
         }
     });
     match result {

@@ -1,0 +1,233 @@
+//! Every operator command of the `herald` binary, run for real: template
+//! check and render against the shipped example, and history and re-send
+//! against a running standalone Herald. Exit codes are part of the contract.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::standalone::{self, StandaloneConfig};
+use herald_core::Webhooks;
+use herald_tests::{Reply, TestReceiver};
+use tokio_util::sync::CancellationToken;
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn herald(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(root()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run herald")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = herald(&["--help"], &[]);
+    assert!(o.status.success());
+    for cmd in ["demo", "standalone", "template", "history", "resend"] {
+        assert!(
+            stdout(&o).contains(cmd),
+            "--help lacks {cmd}: {}",
+            stdout(&o)
+        );
+    }
+}
+
+#[test]
+fn template_check_and_render() {
+    let o = herald(
+        &[
+            "template",
+            "check",
+            "--webhooks",
+            "deploy/webhooks.example.toml",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("5 webhooks, all valid"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A broken file: exit 2, every error with its location.
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[webhooks]]\nid = \"a\"\nevents = [\"x\"]\nurl = \"ftp://x\"\nbody = \"{{#if}}\"\n\n[[webhooks]]\nid = \"a\"\nevents = [\"y\"]\nurl = \"https://ok.example\"\nbody = \"{}\"\n",
+    )
+    .unwrap();
+    let o = herald(
+        &["template", "check", "--webhooks", bad.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("webhooks.a.url") && err.contains("duplicate"),
+        "{err}"
+    );
+
+    let o = herald(
+        &[
+            "template",
+            "render",
+            "--webhooks",
+            "deploy/webhooks.example.toml",
+            "--webhook",
+            "crm-loan-disbursed",
+            "--event",
+            "tests/fixtures/events/loan-disbursed.json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("POST https://crm.example.com/api/v1/loans/LN-2024-000042/disbursements"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Authorization: Bearer <secret crm_api_token>"),
+        "secrets are masked: {out}"
+    );
+    assert!(
+        out.contains("\"loanAccountId\": \"LN-2024-000042\""),
+        "{out}"
+    );
+
+    let o = herald(
+        &[
+            "template",
+            "render",
+            "--webhook",
+            "nope",
+            "--event",
+            "tests/fixtures/events/loan-disbursed.json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no webhook \"nope\""), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_resend_through_the_api() {
+    let rx = TestReceiver::start().await;
+    rx.set_default(Reply::status(500));
+    let defs = format!(
+        "[defaults.retry]\nmax_attempts = 1\n\n[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{\"card\": {{{{json subject}}}}}}'\n",
+        rx.url("/cards")
+    );
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli"));
+    let config = StandaloneConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("herald.db"),
+        api_tokens: vec!["cli-token".into()],
+        ssrf_allow: vec!["127.0.0.0/8".into()],
+        ..StandaloneConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = standalone::start(
+        config,
+        Webhooks::from_toml(&defs).unwrap(),
+        Arc::new(HashMap::<herald_core::SecretRef, String>::new()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
+    let ids = running.engine.accept(vec![event]).await.unwrap();
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    // Leaked so the blocking CLI calls can borrow it for the whole test.
+    let api: &'static str = Box::leak(format!("http://{}", running.addr).into_boxed_str());
+    let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
+
+    // Wait until the single attempt is on record as failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let o =
+            tokio::task::spawn_blocking(move || herald(&["history", "--webhook", "cards"], &env))
+                .await
+                .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        if stdout(&o).contains("failed") {
+            break stdout(&o);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never failed: {}",
+            stdout(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        table.contains(&ids[0].to_string()) && table.contains("bank.card.blocked"),
+        "{table}"
+    );
+
+    let o = tokio::task::spawn_blocking(move || {
+        herald(&["history", "--webhook", "cards", "--json"], &env)
+    })
+    .await
+    .unwrap();
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(line["state"]["status"], "failed");
+
+    // Bulk re-send of the failed ones, then by id: two manual attempts arrive.
+    rx.set_default(Reply::ok());
+    let o = tokio::task::spawn_blocking(move || {
+        herald(
+            &["resend", "--webhook", "cards", "--status", "failed"],
+            &env,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "queued 1 re-send(s)");
+    let id = ids[0].to_string();
+    let o = tokio::task::spawn_blocking(move || herald(&["resend", &id], &env))
+        .await
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), "queued 1 re-send(s)");
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    assert!(
+        got.iter().all(|r| r.body == got[0].body),
+        "every re-send carries the stored bytes"
+    );
+
+    // A bad token: exit 1 and the API's message.
+    let bad = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "wrong")];
+    let o = tokio::task::spawn_blocking(move || herald(&["history", "--webhook", "cards"], &bad))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("http 401"), "{}", stderr(&o));
+    // No ids and no filter: a usage error.
+    let o = tokio::task::spawn_blocking(move || herald(&["resend"], &env))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    shutdown.cancel();
+    running.wait().await;
+}
