@@ -11,8 +11,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use herald::ops::{self, ApiClient};
 use herald::{demo, standalone};
-use herald_core::{CloudEvent, HeaderValue, Webhooks};
+use herald_core::{CloudEvent, HeaderValue, Tiers, Webhooks};
 use herald_delivery::EnvAndFileSecrets;
+use herald_kafka::KafkaConfig;
+use herald_kafka::topics::{self, TopicSettings};
+use herald_store::cql::{self, Replication};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +67,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the CQL schema (schemas/cql) to ScyllaDB or Cassandra. Idempotent.
+    Migrate {
+        /// `host:port` of a node; repeat or comma-separate for several.
+        #[arg(
+            long = "contact-point",
+            env = "HERALD_CQL_CONTACT_POINTS",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:9042"
+        )]
+        contact_points: Vec<String>,
+        #[arg(long, env = "HERALD_CQL_KEYSPACE", default_value = "herald")]
+        keyspace: String,
+        /// SimpleStrategy replication factor (development); use --datacenter for production.
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u32,
+        /// NetworkTopologyStrategy replicas, `dc=n`; repeatable. Overrides --replication-factor.
+        #[arg(long = "datacenter", value_parser = parse_dc)]
+        datacenters: Vec<(String, u32)>,
+        /// Print the statements instead of applying them.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Manage Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// Re-send stored notifications (the stored bytes, trigger manual): by
     /// id, or in bulk by webhook, status (default failed) and time range.
     Resend {
@@ -79,6 +107,26 @@ enum Command {
         since: Option<String>,
         #[arg(long, requires = "webhook")]
         until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every Herald topic (deliveries, retry tiers, resend, dead
+    /// letters, ingest DLQ) that does not exist yet. Idempotent.
+    Create {
+        #[arg(long, env = "HERALD_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Prefix of every Herald topic name.
+        #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// Retry tiers, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10s,1m,10m,1h,6h")]
+        tiers: Vec<String>,
     },
 }
 
@@ -148,6 +196,60 @@ fn main() -> ExitCode {
                 webhook,
                 event,
             }) => render(&webhooks, &webhook, &event),
+            Command::Migrate {
+                contact_points,
+                keyspace,
+                replication_factor,
+                datacenters,
+                print,
+            } => {
+                let replication = if datacenters.is_empty() {
+                    Replication::Simple { replication_factor }
+                } else {
+                    Replication::NetworkTopology {
+                        datacenters: datacenters.into_iter().collect(),
+                    }
+                };
+                if print {
+                    for stmt in cql::schema_statements(&keyspace, &replication)? {
+                        println!("{stmt};");
+                    }
+                    return Ok(());
+                }
+                let session =
+                    cql::connect_session(&cql::CqlConfig::new(contact_points, &keyspace)).await?;
+                cql::migrate(&session, &keyspace, &replication).await?;
+                println!("keyspace {keyspace}: schema applied");
+                Ok(())
+            }
+            Command::Topics(TopicsCommand::Create {
+                bootstrap,
+                prefix,
+                partitions,
+                replication_factor,
+                tiers,
+            }) => {
+                let kafka = KafkaConfig {
+                    bootstrap_servers: bootstrap,
+                    topic_prefix: prefix,
+                    ..KafkaConfig::default()
+                };
+                let settings = TopicSettings {
+                    partitions,
+                    replication_factor,
+                    ..TopicSettings::default()
+                };
+                let tiers =
+                    Tiers::parse(&tiers).map_err(|e| UsageError(format!("--tiers: {e}")))?;
+                let created = topics::create_all(&kafka, &settings, &tiers).await?;
+                println!(
+                    "created {} topic(s){}{}",
+                    created.len(),
+                    if created.is_empty() { "" } else { ": " },
+                    created.join(", ")
+                );
+                Ok(())
+            }
             Command::History {
                 api,
                 webhook,
@@ -212,6 +314,17 @@ fn main() -> ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
+
+fn parse_dc(s: &str) -> Result<(String, u32), String> {
+    let (dc, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected dc=replicas"))?;
+    Ok((
+        dc.to_owned(),
+        n.parse()
+            .map_err(|_| format!("{s:?}: replicas must be a number"))?,
+    ))
+}
 
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -231,3 +231,111 @@ async fn history_and_resend_through_the_api() {
     shutdown.cancel();
     running.wait().await;
 }
+
+#[test]
+fn migrate_applies_the_cql_schema_idempotently() {
+    let Some(node) = herald_tests::cql_node("cli migrate") else {
+        return;
+    };
+    let keyspace = herald_tests::unique_name("cli_migrate");
+    let o = herald(&["migrate", "--keyspace", &keyspace, "--print"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.notifications"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    for _ in 0..2 {
+        let o = herald(
+            &["migrate", "--contact-point", &node, "--keyspace", &keyspace],
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            stdout(&o).trim(),
+            format!("keyspace {keyspace}: schema applied")
+        );
+    }
+    // The schema is usable: the store can write and read a notification in it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use herald_store::NotificationStore;
+        let config = herald_store::cql::CqlConfig::new(vec![node.clone()], &keyspace);
+        let store = herald_store::cql::CqlStore::connect(&config, herald_store::StoreLimits::default()).await.unwrap();
+        let webhooks = Webhooks::from_toml(
+            "[[webhooks]]\nid = \"w\"\nevents = [\"t\"]\nurl = \"https://example.com/\"\nbody = \"{}\"\n",
+        )
+        .unwrap();
+        let event = herald_core::CloudEvent::from_json(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#).unwrap();
+        let n = webhooks.notifications(&event, chrono::Utc::now());
+        store.append_notifications(&n).await.unwrap();
+        assert_eq!(store.get(n[0].id).await.unwrap().unwrap().notification.webhook_id, "w");
+    });
+}
+
+#[test]
+fn topics_create_makes_every_herald_topic_once() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(bootstrap) = herald_tests::kafka_bootstrap("cli topics create") else {
+        return;
+    };
+    let prefix = format!("{}.", herald_tests::unique_name("cli_topics"));
+    let args = [
+        "topics",
+        "create",
+        "--bootstrap",
+        &bootstrap,
+        "--prefix",
+        &prefix,
+        "--partitions",
+        "3",
+        "--tiers",
+        "5s,1m",
+    ];
+    let o = herald(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("created 6 topic(s)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = herald(&args, &[]);
+    assert_eq!(stdout(&o).trim(), "created 0 topic(s)", "idempotent");
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let mut ours: Vec<(String, usize)> = meta
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with(&prefix))
+        .map(|t| {
+            (
+                t.name().trim_start_matches(&prefix).to_owned(),
+                t.partitions().len(),
+            )
+        })
+        .collect();
+    ours.sort();
+    let expected = [
+        "herald.dead",
+        "herald.deliveries",
+        "herald.ingest.dlq",
+        "herald.resend",
+        "herald.retry.1m",
+        "herald.retry.5s",
+    ];
+    assert_eq!(
+        ours,
+        expected
+            .iter()
+            .map(|t| (t.to_string(), 3))
+            .collect::<Vec<_>>()
+    );
+}
