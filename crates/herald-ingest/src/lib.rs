@@ -1,1 +1,30 @@
-//! The ingest service: consumes banking events from Kafka, renders and stores notifications, produces delivery jobs.
+//! The ingest service: consumes banking events from Kafka, renders and
+//! stores notifications, produces delivery jobs.
+//!
+//! One loop, one batch at a time, which keeps every partition in order:
+//!
+//! 1. poll up to `batch_max_events` messages (or until `batch_max_wait_ms`);
+//! 2. decode each (structured or binary CloudEvents), match it against the
+//!    webhooks and render every match ([`batch`]);
+//! 3. append all notifications to the store in one call, retried with capped
+//!    exponential backoff while the store is unavailable;
+//! 4. produce one delivery job per rendered notification, and one dead
+//!    letter per bad input message, and wait for every acknowledgement;
+//! 5. store and commit the batch's offsets.
+//!
+//! An offset is therefore committed only once everything it caused is
+//! durable (at least once). See `README.md` in this crate for the decisions.
+
+mod backoff;
+mod batch;
+mod config;
+mod error;
+pub mod http;
+mod kafka;
+pub mod metrics;
+mod service;
+
+pub use config::IngestConfig;
+pub use error::{IngestError, Result};
+pub use metrics::Metrics;
+pub use service::{Running, run, start};

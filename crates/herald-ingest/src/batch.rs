@@ -1,0 +1,344 @@
+//! What one batch of input messages becomes, decided without I/O: the
+//! notifications to store, the delivery jobs and dead letters to produce.
+
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use herald_core::{CloudEvent, DeliveryJob, Notification, NotificationContent, Webhooks};
+use herald_kafka::headers;
+use herald_store::StoreLimits;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+
+use crate::metrics::DeadLetterReason;
+
+/// Longest error text put in a dead letter's header.
+const MAX_ERROR_HEADER_BYTES: usize = 1024;
+
+/// What happens to one input message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Disposition {
+    /// Its notifications are `Batch::notifications[range]` (never empty).
+    Notify(Range<usize>),
+    /// No webhook fires on it.
+    Unmatched { event_type: String },
+    /// It goes to the dead-letter topic, unprocessed.
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+/// One input message and its fate.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub(crate) message: OwnedMessage,
+    pub(crate) disposition: Disposition,
+}
+
+/// A batch of input messages, in consumption order, with every
+/// notification they cause.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) planned: Vec<Planned>,
+    pub(crate) notifications: Vec<Notification>,
+}
+
+/// Limits applied while planning.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_event_bytes: usize,
+    pub(crate) store: StoreLimits,
+}
+
+impl Batch {
+    /// Decode, match and render every message. `now` is the creation time
+    /// of the notifications (and the event time of events without one).
+    pub(crate) fn plan(
+        messages: Vec<OwnedMessage>,
+        webhooks: &Webhooks,
+        limits: Limits,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut batch = Batch::default();
+        for message in messages {
+            let disposition = batch.plan_one(&message, webhooks, limits, now);
+            batch.planned.push(Planned {
+                message,
+                disposition,
+            });
+        }
+        batch
+    }
+
+    fn plan_one(
+        &mut self,
+        message: &OwnedMessage,
+        webhooks: &Webhooks,
+        limits: Limits,
+        now: DateTime<Utc>,
+    ) -> Disposition {
+        let size = message.payload().map_or(0, <[u8]>::len);
+        if size > limits.max_event_bytes {
+            return Disposition::DeadLetter {
+                reason: DeadLetterReason::Oversized,
+                error: format!(
+                    "event is {size} bytes, above the limit of {} bytes",
+                    limits.max_event_bytes
+                ),
+            };
+        }
+        let owned_headers: Vec<(&str, &[u8])> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event = match CloudEvent::from_kafka(&owned_headers, message.payload()) {
+            Ok(event) => event,
+            Err(e) => {
+                return Disposition::DeadLetter {
+                    reason: DeadLetterReason::Undecodable,
+                    error: e.to_string(),
+                };
+            }
+        };
+        let start = self.notifications.len();
+        for mut n in webhooks.notifications(&event, now) {
+            // A body the store would refuse can never be sent as recorded:
+            // record why instead, like any other render failure.
+            if let Err(e) = limits.store.check_notification(&n) {
+                n.content = NotificationContent::RenderFailed {
+                    error: e.to_string(),
+                };
+            }
+            self.notifications.push(n);
+        }
+        if self.notifications.len() == start {
+            Disposition::Unmatched {
+                event_type: event.ty,
+            }
+        } else {
+            Disposition::Notify(start..self.notifications.len())
+        }
+    }
+
+    /// The first delivery job of every rendered notification of `range`.
+    pub(crate) fn jobs(&self, range: Range<usize>) -> impl Iterator<Item = DeliveryJob> + '_ {
+        self.notifications[range]
+            .iter()
+            .filter_map(DeliveryJob::first)
+    }
+}
+
+/// The headers of a dead letter: the original ones, then why and where
+/// from.
+pub(crate) fn dead_letter_headers(message: &OwnedMessage, error: &str) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for h in original.iter() {
+            out = out.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let error = one_line(error, MAX_ERROR_HEADER_BYTES);
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    out.insert(Header {
+        key: headers::ERROR,
+        value: Some(&error),
+    })
+    .insert(Header {
+        key: headers::ORIGIN_TOPIC,
+        value: Some(message.topic()),
+    })
+    .insert(Header {
+        key: headers::ORIGIN_PARTITION,
+        value: Some(&partition),
+    })
+    .insert(Header {
+        key: headers::ORIGIN_OFFSET,
+        value: Some(&offset),
+    })
+}
+
+/// `text` on one line, at most `max` bytes (cut on a char boundary).
+fn one_line(text: &str, max: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > max {
+        let mut cut = max;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::Status;
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    const WEBHOOKS: &str = r#"
+[[webhooks]]
+id = "crm"
+events = ["bank.loan.*"]
+url = "https://crm.example.com/loans/{{subject}}"
+body = '{"id": {{json id}}, "amount": {{json data.amount}}}'
+
+[[webhooks]]
+id = "audit"
+events = ["bank.loan.disbursed"]
+body_format = "text"
+url = "https://audit.example.com/"
+body = "loan {{subject}} {{data.missing}}"
+"#;
+
+    fn message(offset: i64, headers: Option<OwnedHeaders>, value: &str) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value.as_bytes().to_vec()),
+            Some(b"LN-1".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            3,
+            offset,
+            headers,
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_event_bytes: 2048,
+            store: StoreLimits::default(),
+        }
+    }
+
+    fn structured(id: &str, ty: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/core","type":"{ty}","subject":"LN-1","data":{{"amount":5}}}}"#
+        )
+    }
+
+    #[test]
+    fn every_message_gets_a_disposition_in_order() {
+        let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
+        let binary = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some("e3"),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("/core"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("bank.loan.repaid"),
+            })
+            .insert(Header {
+                key: "ce_subject",
+                value: Some("LN-2"),
+            });
+        let messages = vec![
+            message(0, None, &structured("e1", "bank.loan.disbursed")),
+            message(1, None, "not json"),
+            message(2, None, &structured("e2", "bank.client.created")),
+            message(3, Some(binary), r#"{"amount": 7}"#),
+            message(4, None, &"x".repeat(2049)),
+        ];
+        let batch = Batch::plan(messages, &webhooks, limits(), Utc::now());
+        let d: Vec<_> = batch.planned.iter().map(|p| &p.disposition).collect();
+        assert_eq!(d[0], &Disposition::Notify(0..2));
+        assert!(matches!(
+            d[1],
+            Disposition::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                ..
+            }
+        ));
+        assert_eq!(
+            d[2],
+            &Disposition::Unmatched {
+                event_type: "bank.client.created".into()
+            }
+        );
+        assert_eq!(d[3], &Disposition::Notify(2..3));
+        assert!(matches!(
+            d[4],
+            Disposition::DeadLetter {
+                reason: DeadLetterReason::Oversized,
+                ..
+            }
+        ));
+
+        // The audit template refers to a missing field: render_failed, no job.
+        let n = &batch.notifications;
+        assert_eq!(n[1].webhook_id, "audit");
+        assert!(n[1].request().is_none());
+        let jobs: Vec<_> = batch.jobs(0..2).collect();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].key(), "crm/LN-1");
+        assert_eq!(jobs[0].request.body, r#"{"id": "e1", "amount": 5}"#);
+        assert_eq!(
+            batch.jobs(2..3).next().unwrap().request.body,
+            r#"{"id": "e3", "amount": 7}"#
+        );
+        assert_eq!(
+            herald_core::NotificationState::initial(&n[1].content).status,
+            Status::RenderFailed
+        );
+    }
+
+    #[test]
+    fn a_body_the_store_refuses_is_recorded_as_render_failed() {
+        let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
+        let limits = Limits {
+            store: StoreLimits {
+                max_request_body_bytes: 10,
+                ..StoreLimits::default()
+            },
+            ..limits()
+        };
+        let batch = Batch::plan(
+            vec![message(0, None, &structured("e1", "bank.loan.repaid"))],
+            &webhooks,
+            limits,
+            Utc::now(),
+        );
+        let NotificationContent::RenderFailed { error } = &batch.notifications[0].content else {
+            panic!("expected render_failed");
+        };
+        assert!(error.contains("above the limit"), "{error}");
+        assert_eq!(batch.jobs(0..1).count(), 0);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_original_headers_and_say_where_from() {
+        let original = OwnedHeaders::new().insert(Header {
+            key: "ce_id",
+            value: Some("e1"),
+        });
+        let m = message(42, Some(original), "junk");
+        let h = dead_letter_headers(&m, "bad\nthing");
+        let get = |name| headers::get(Some(&h), name);
+        assert_eq!(get("ce_id"), Some("e1"));
+        assert_eq!(get(headers::ERROR), Some("bad thing"));
+        assert_eq!(get(headers::ORIGIN_TOPIC), Some("in"));
+        assert_eq!(get(headers::ORIGIN_PARTITION), Some("3"));
+        assert_eq!(get(headers::ORIGIN_OFFSET), Some("42"));
+        assert_eq!(one_line("ééé", 3), "é");
+    }
+}

@@ -1,0 +1,182 @@
+//! The ingest service's configuration (section `[ingest]`), with defaults
+//! and a one-time validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_kafka::KafkaConfig;
+use herald_store::StoreLimits;
+use herald_store::cql::CqlConfig;
+use serde::Deserialize;
+
+use crate::{IngestError, Result};
+
+/// Everything `herald ingest` needs. Loaded by the CLI from the `[ingest]`
+/// section of the config file and `HERALD_INGEST__*` variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Kafka connection settings and the prefix of Herald's own topics.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The core-banking topics to consume (not prefixed: Herald does not
+    /// own them).
+    #[serde(default = "default_input_topics")]
+    pub input_topics: Vec<String>,
+    /// Consumer group of the ingest service. Every instance of one
+    /// deployment uses the same group; the partitions are shared among them.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// The webhook definitions file (TOML). Read by the CLI, which passes
+    /// the parsed definitions to [`crate::run`].
+    #[serde(default = "default_webhooks")]
+    pub webhooks: PathBuf,
+    /// How to reach the CQL cluster (ScyllaDB or Cassandra).
+    #[serde(default = "default_cql")]
+    pub cql: CqlConfig,
+    /// Size limits of stored records. A rendered body above
+    /// `max_request_body_bytes` is recorded as `render_failed`.
+    #[serde(default)]
+    pub store_limits: StoreLimits,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Most input messages processed as one batch (one store append, one
+    /// round of produce acknowledgements, one commit).
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Longest wait, in milliseconds, for a batch to fill once its first
+    /// message arrived.
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub batch_max_wait_ms: u64,
+    /// Largest input message value accepted, in bytes. A larger one is
+    /// dead-lettered unread.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// First delay, in milliseconds, before a failed store write is retried.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest delay, in milliseconds, between retries of a store write (and
+    /// of a produce that librdkafka gave up on).
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// On shutdown, how long, in milliseconds, the batch in flight may take
+    /// to finish (stored, produced, committed) before it is abandoned
+    /// uncommitted, to be redone by the next owner of its partitions.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Interval, in milliseconds, of librdkafka's statistics, which feed
+    /// the consumer lag gauge. 0 turns them (and the gauge) off.
+    #[serde(default = "default_statistics_interval_ms")]
+    pub statistics_interval_ms: u64,
+}
+
+fn default_input_topics() -> Vec<String> {
+    vec!["banking.events".into()]
+}
+fn default_group_id() -> String {
+    "herald-ingest".into()
+}
+fn default_webhooks() -> PathBuf {
+    "deploy/webhooks.example.toml".into()
+}
+fn default_cql() -> CqlConfig {
+    CqlConfig::new(vec!["127.0.0.1:9042".into()], "herald")
+}
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:9181".parse().expect("static address")
+}
+fn default_batch_max_events() -> usize {
+    500
+}
+fn default_batch_max_wait_ms() -> u64 {
+    20
+}
+fn default_max_event_bytes() -> usize {
+    1024 * 1024
+}
+fn default_retry_initial_ms() -> u64 {
+    100
+}
+fn default_retry_max_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+fn default_statistics_interval_ms() -> u64 {
+    5_000
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl IngestConfig {
+    /// Reject settings the service cannot run with. Called once by
+    /// [`crate::run`].
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(IngestError::Config(msg.to_owned()));
+        if self.input_topics.is_empty() || self.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return fail("ingest.input_topics must name at least one topic, none empty");
+        }
+        if self.group_id.trim().is_empty() {
+            return fail("ingest.group_id must not be empty");
+        }
+        if self.batch_max_events == 0 {
+            return fail("ingest.batch_max_events must be at least 1");
+        }
+        if self.max_event_bytes == 0 {
+            return fail("ingest.max_event_bytes must be at least 1");
+        }
+        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+            return fail("ingest.retry_initial_ms must be at least 1 and at most retry_max_ms");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = IngestConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.input_topics, ["banking.events"]);
+        assert_eq!(c.max_event_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        let err = toml::from_str::<IngestConfig>("input_topic = [\"x\"]").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let c: IngestConfig = toml::from_str("input_topics = []").unwrap();
+        assert!(c.validate().is_err());
+        let c: IngestConfig = toml::from_str("retry_initial_ms = 5000\nretry_max_ms = 10").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        #[derive(Deserialize)]
+        struct File {
+            ingest: IngestConfig,
+        }
+        let text = include_str!("../../../deploy/ingest.example.toml");
+        let file: File = toml::from_str(text).unwrap();
+        file.ingest.validate().unwrap();
+    }
+}
