@@ -14,7 +14,7 @@ pub mod webhook;
 pub use event::{CloudEvent, EventData, EventError};
 pub use model::{
     Attempt, DeliveryJob, HeaderValue, Method, Notification, NotificationContent, NotificationId,
-    NotificationState, Outcome, RenderedHeader, RenderedRequest, Status, Trigger,
+    NotificationState, Outcome, RenderedHeader, RenderedRequest, ResendCommand, Status, Trigger,
 };
 pub use render::{BodyFormat, RenderError};
 pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, Tiers};

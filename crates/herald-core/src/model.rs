@@ -384,6 +384,28 @@ impl DeliveryJob {
     }
 }
 
+/// A command on the resend topic: send a stored notification again, once,
+/// with trigger `manual`. The delivery service loads the stored request; the
+/// command carries only who asked and why, for the audit trail and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResendCommand {
+    pub notification_id: NotificationId,
+    /// Why the re-send was asked for (free text).
+    #[serde(default)]
+    pub reason: String,
+    /// Who asked: an operator, an API token's name, `cli`.
+    #[serde(default)]
+    pub requested_by: String,
+}
+
+impl ResendCommand {
+    /// The Kafka key: the notification id, so commands for one notification
+    /// stay ordered.
+    pub fn key(&self) -> String {
+        self.notification_id.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

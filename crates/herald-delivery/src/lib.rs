@@ -1,12 +1,14 @@
-//! Herald's delivery: the guarded HTTP sender and the rules that turn one
-//! delivery job into one recorded attempt.
+//! Herald's delivery: the guarded HTTP sender, the rules that turn one
+//! delivery job into one recorded attempt, and the Kafka delivery service.
 
 pub mod attempt;
 pub mod client;
 pub mod secrets;
+pub mod service;
 pub mod ssrf;
 
 pub use attempt::{AttemptPlan, AttemptResult, Deliverer};
 pub use client::{HttpSender, SendResult, SenderConfig};
 pub use secrets::EnvAndFileSecrets;
+pub use service::{DeliveryConfig, DeliveryService};
 pub use ssrf::SsrfGuard;

@@ -1,0 +1,390 @@
+//! One message's work, from the attempt to a durable next hop. A job returns
+//! only when its outcome is durable: the attempt recorded, and the retry or
+//! dead-letter message acknowledged by Kafka. Only then may its offset be
+//! committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_core::{Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Trigger, Webhooks};
+use herald_kafka::{Topics, headers};
+use herald_store::NotificationStore;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Semaphore;
+use tracing::{debug, error, info, warn};
+
+use super::metrics::{Metrics, status_class};
+use crate::{AttemptPlan, AttemptResult, Deliverer};
+
+/// Longest `herald-last-error` header written; the store keeps the full text.
+const MAX_ERROR_HEADER: usize = 1024;
+
+/// What every job needs. Shared by all jobs.
+pub(super) struct Shared {
+    pub(super) deliverer: Deliverer,
+    pub(super) store: Arc<dyn NotificationStore>,
+    pub(super) producer: FutureProducer,
+    pub(super) topics: Topics,
+    pub(super) metrics: Metrics,
+    /// One semaphore per defined webhook: its concurrent requests.
+    webhook_slots: HashMap<String, Arc<Semaphore>>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        deliverer: Deliverer,
+        store: Arc<dyn NotificationStore>,
+        producer: FutureProducer,
+        topics: Topics,
+        metrics: Metrics,
+        webhooks: &Webhooks,
+        per_webhook: usize,
+    ) -> Self {
+        let webhook_slots = webhooks
+            .iter()
+            .map(|w| (w.id.clone(), Arc::new(Semaphore::new(per_webhook))))
+            .collect();
+        Self {
+            deliverer,
+            store,
+            producer,
+            topics,
+            metrics,
+            webhook_slots,
+        }
+    }
+
+    /// The metrics label of a webhook id: ids from messages are untrusted,
+    /// only configured ones become label values.
+    fn label<'a>(&self, webhook_id: &'a str) -> &'a str {
+        if self.webhook_slots.contains_key(webhook_id) {
+            webhook_id
+        } else {
+            "unknown"
+        }
+    }
+}
+
+/// A decoded message.
+#[derive(Debug)]
+pub(super) enum Work {
+    Deliver(Box<DeliveryJob>),
+    Resend(ResendCommand),
+    /// Undecodable: dead-lettered as is, with the reason.
+    Invalid {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        error: String,
+    },
+}
+
+/// Do the work; returns once its outcome is durable.
+pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
+    match work {
+        Work::Deliver(job) => deliver(&shared, &job).await,
+        Work::Resend(cmd) => resend(&shared, &cmd).await,
+        Work::Invalid {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            error,
+        } => {
+            shared.metrics.invalid.with_label_values(&[&topic]).inc();
+            warn!(%topic, partition, offset, %error, "undecodable message dead-lettered");
+            let hdrs = OwnedHeaders::new()
+                .insert(header(headers::ERROR, &error))
+                .insert(header(headers::ORIGIN_TOPIC, &topic))
+                .insert(header(headers::ORIGIN_PARTITION, &partition.to_string()))
+                .insert(header(headers::ORIGIN_OFFSET, &offset.to_string()));
+            publish(
+                &shared,
+                &shared.topics.dead(),
+                key.as_deref(),
+                &payload,
+                hdrs,
+            )
+            .await;
+        }
+    }
+}
+
+/// Attempt a delivery job, record it and publish its next hop.
+async fn deliver(shared: &Shared, job: &DeliveryJob) {
+    let result = attempt(
+        shared,
+        &AttemptPlan {
+            notification_id: job.notification_id,
+            webhook_id: &job.webhook_id,
+            attempt_no: job.attempt,
+            trigger: job.trigger,
+            first_failure_at: job.first_failure_at,
+            request: &job.request,
+        },
+        job.due_at,
+    )
+    .await;
+    record(shared, &result.attempt).await;
+    let a = &result.attempt;
+    let label = shared.label(&job.webhook_id);
+    match &result.decision {
+        Decision::Delivered => {
+            debug!(webhook = %job.webhook_id, notification = %job.notification_id, attempt = a.attempt_no, "delivered");
+        }
+        Decision::Retry { due_at, tier, .. } => {
+            let next = DeliveryJob {
+                attempt: a.attempt_no + 1,
+                trigger: Trigger::Retry,
+                due_at: *due_at,
+                first_failure_at: Some(job.first_failure_at.unwrap_or(a.started_at)),
+                last_error: a.error.clone(),
+                ..job.clone()
+            };
+            let topic = shared.topics.retry(&tier.name);
+            publish_job(shared, &topic, &next, None).await;
+            shared
+                .metrics
+                .retries
+                .with_label_values(&[label, &tier.name])
+                .inc();
+            debug!(webhook = %job.webhook_id, notification = %job.notification_id, attempt = a.attempt_no, tier = %tier.name, error = a.error.as_deref().unwrap_or(""), "attempt failed; retry scheduled");
+        }
+        Decision::Exhausted { reason } => {
+            let dead = DeliveryJob {
+                attempt: a.attempt_no,
+                first_failure_at: Some(job.first_failure_at.unwrap_or(a.started_at)),
+                last_error: a.error.clone(),
+                ..job.clone()
+            };
+            publish_job(
+                shared,
+                &shared.topics.dead(),
+                &dead,
+                Some(&reason.to_string()),
+            )
+            .await;
+            shared.metrics.exhausted.with_label_values(&[label]).inc();
+            warn!(webhook = %job.webhook_id, notification = %job.notification_id, attempt = a.attempt_no, %reason, error = a.error.as_deref().unwrap_or(""), "delivery failed: no further automatic attempt");
+        }
+    }
+}
+
+/// A manual re-send of the stored request: one attempt, no next hop.
+async fn resend(shared: &Shared, cmd: &ResendCommand) {
+    let id = cmd.notification_id;
+    let record = retry_store("load", shared, || shared.store.get(id)).await;
+    let Some(Some(record)) = record else {
+        shared.metrics.resends.with_label_values(&["unknown"]).inc();
+        warn!(notification = %id, requested_by = %cmd.requested_by, "resend of an unknown notification ignored");
+        return;
+    };
+    let Some(request) = record.notification.request() else {
+        shared
+            .metrics
+            .resends
+            .with_label_values(&["not_rendered"])
+            .inc();
+        warn!(notification = %id, requested_by = %cmd.requested_by, "resend of a notification that was never rendered ignored");
+        return;
+    };
+    let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
+    let result = attempt(
+        shared,
+        &AttemptPlan {
+            notification_id: id,
+            webhook_id: &record.notification.webhook_id,
+            attempt_no,
+            trigger: Trigger::Manual,
+            first_failure_at: None,
+            request,
+        },
+        Utc::now(),
+    )
+    .await;
+    record_attempt_and_log_resend(shared, cmd, &result).await;
+}
+
+async fn record_attempt_and_log_resend(
+    shared: &Shared,
+    cmd: &ResendCommand,
+    result: &AttemptResult,
+) {
+    record(shared, &result.attempt).await;
+    shared.metrics.resends.with_label_values(&["sent"]).inc();
+    let a = &result.attempt;
+    info!(
+        notification = %cmd.notification_id,
+        requested_by = %cmd.requested_by,
+        reason = %cmd.reason,
+        attempt = a.attempt_no,
+        outcome = %a.outcome,
+        "manual resend attempted"
+    );
+}
+
+/// One attempt, within the webhook's concurrency limit.
+async fn attempt(shared: &Shared, plan: &AttemptPlan<'_>, due_at: DateTime<Utc>) -> AttemptResult {
+    // Held only around the request: a slow webhook queues its own jobs here
+    // while other webhooks' jobs go straight through.
+    let permit = match shared.webhook_slots.get(plan.webhook_id) {
+        Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
+        None => None,
+    };
+    let late = (Utc::now() - due_at).to_std().unwrap_or(Duration::ZERO);
+    shared
+        .metrics
+        .start_delay
+        .with_label_values(&[plan.trigger.as_str()])
+        .observe(late.as_secs_f64());
+    let result = shared.deliverer.attempt(plan).await;
+    drop(permit);
+    let a = &result.attempt;
+    let label = shared.label(plan.webhook_id);
+    shared
+        .metrics
+        .attempts
+        .with_label_values(&[label, a.outcome.as_str(), status_class(a.http_status)])
+        .inc();
+    shared
+        .metrics
+        .attempt_duration
+        .with_label_values(&[label])
+        .observe(f64::from(a.duration_ms) / 1000.0);
+    if a.outcome == Outcome::Refused {
+        debug!(webhook = %plan.webhook_id, notification = %plan.notification_id, error = a.error.as_deref().unwrap_or(""), "attempt refused before sending");
+    }
+    result
+}
+
+/// Record an attempt, retrying while the store is unavailable: an attempt
+/// that is not on record must not have its offset committed.
+async fn record(shared: &Shared, attempt: &Attempt) {
+    let done = retry_store("append_attempts", shared, || {
+        shared.store.append_attempts(std::slice::from_ref(attempt))
+    })
+    .await;
+    if done.is_none() {
+        // Permanent: the notification is unknown to the store (or not
+        // rendered). Redoing the job cannot fix it; an operator must look.
+        error!(notification = %attempt.notification_id, attempt = attempt.attempt_no, "attempt could not be recorded");
+    }
+}
+
+/// Run a store operation until it succeeds or fails permanently (`None`).
+async fn retry_store<T, F, Fut>(op: &'static str, shared: &Shared, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = herald_store::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) if e.is_retriable() => {
+                shared.metrics.retried_ops.with_label_values(&[op]).inc();
+                warn!(error = %e, operation = op, "store unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                error!(error = %e, operation = op, "store operation failed permanently");
+                return None;
+            }
+        }
+    }
+}
+
+/// Publish a job with its scheduling headers (and `herald-error` for the
+/// dead-letter topic).
+async fn publish_job(shared: &Shared, topic: &str, job: &DeliveryJob, reason: Option<&str>) {
+    let payload = serde_json::to_vec(job).expect("a delivery job always encodes");
+    let mut hdrs = OwnedHeaders::new()
+        .insert(header(
+            headers::DUE_AT,
+            &job.due_at.timestamp_millis().to_string(),
+        ))
+        .insert(header(headers::ATTEMPT, &job.attempt.to_string()));
+    if let Some(first) = job.first_failure_at {
+        hdrs = hdrs.insert(header(
+            headers::FIRST_FAILURE_AT,
+            &first.timestamp_millis().to_string(),
+        ));
+    }
+    if let Some(e) = &job.last_error {
+        hdrs = hdrs.insert(header(headers::LAST_ERROR, truncate(e, MAX_ERROR_HEADER)));
+    }
+    if let Some(r) = reason {
+        hdrs = hdrs.insert(header(headers::ERROR, r));
+    }
+    publish(shared, topic, Some(job.key().as_bytes()), &payload, hdrs).await;
+}
+
+/// Publish and wait for Kafka's acknowledgement, retrying until it comes.
+async fn publish(
+    shared: &Shared,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers.clone());
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match shared.producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                shared
+                    .metrics
+                    .retried_ops
+                    .with_label_values(&["publish"])
+                    .inc();
+                warn!(error = %e, %topic, "publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+/// At most `max` bytes, cut on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+        assert_eq!(truncate("aéb", 3), "aé");
+    }
+}

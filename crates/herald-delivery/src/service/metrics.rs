@@ -1,0 +1,194 @@
+//! Every metric of the delivery service, declared in one place. Labels are
+//! low cardinality: webhook id (bounded by configuration; ids not defined
+//! there are reported as `unknown`), outcome, status class, tier and topic.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The delivery service's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Attempts, by webhook, outcome and status class (`2xx`..`5xx`, `none`).
+    pub attempts: IntCounterVec,
+    /// Duration of one attempt (request sent to response read), by webhook.
+    pub attempt_duration: HistogramVec,
+    /// From the job's due time to its attempt starting, by trigger: how late
+    /// deliveries are (tier granularity, queueing, webhook limits).
+    pub start_delay: HistogramVec,
+    /// Retries published, by webhook and tier.
+    pub retries: IntCounterVec,
+    /// Notifications dead-lettered after their retries ran out, by webhook.
+    pub exhausted: IntCounterVec,
+    /// Resend commands handled, by result.
+    pub resends: IntCounterVec,
+    /// Messages that could not be decoded, by topic.
+    pub invalid: IntCounterVec,
+    /// Store or Kafka operations retried, by operation.
+    pub retried_ops: IntCounterVec,
+    /// Jobs in flight in this process.
+    pub in_flight: IntGauge,
+    /// Partitions paused because their head is not yet due.
+    pub waiting_partitions: IntGauge,
+    /// Consumer lag (high watermark minus committed offset), by topic.
+    pub consumer_lag: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let attempts = counter(
+            "herald_delivery_attempts_total",
+            "Delivery attempts, by webhook, outcome and HTTP status class.",
+            &["webhook", "outcome", "status_class"],
+        );
+        let retries = counter(
+            "herald_delivery_retries_scheduled_total",
+            "Retries published to a delayed-retry tier, by webhook and tier.",
+            &["webhook", "tier"],
+        );
+        let exhausted = counter(
+            "herald_delivery_exhausted_total",
+            "Notifications dead-lettered after their automatic retries ran out.",
+            &["webhook"],
+        );
+        let resends = counter(
+            "herald_delivery_resends_total",
+            "Resend commands handled, by result (sent, unknown, not_rendered).",
+            &["result"],
+        );
+        let invalid = counter(
+            "herald_delivery_invalid_messages_total",
+            "Messages that could not be decoded and were dead-lettered, by topic.",
+            &["topic"],
+        );
+        let retried_ops = counter(
+            "herald_delivery_retried_operations_total",
+            "Store writes or Kafka publishes that failed transiently and were retried.",
+            &["operation"],
+        );
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let attempt_duration = histogram(
+            "herald_delivery_attempt_duration_seconds",
+            "Duration of one delivery attempt.",
+            &["webhook"],
+            vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        );
+        let start_delay = histogram(
+            "herald_delivery_start_delay_seconds",
+            "Time from a job's due time to the start of its attempt.",
+            &["trigger"],
+            vec![
+                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let in_flight = gauge(
+            "herald_delivery_in_flight",
+            "Jobs in flight in this process.",
+        );
+        let waiting_partitions = gauge(
+            "herald_delivery_waiting_partitions",
+            "Partitions paused until their head message is due.",
+        );
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "herald_delivery_consumer_lag",
+                "Messages not yet committed (high watermark minus committed offset) on the partitions this process owns, by topic.",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            attempts,
+            attempt_duration,
+            start_delay,
+            retries,
+            exhausted,
+            resends,
+            invalid,
+            retried_ops,
+            in_flight,
+            waiting_partitions,
+            consumer_lag,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `3xx`, `4xx`, `5xx`, or `none` when there was no HTTP response.
+pub(super) fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_declared_metrics() {
+        let m = Metrics::new();
+        m.attempts
+            .with_label_values(&["crm", "success", status_class(Some(204))])
+            .inc();
+        m.consumer_lag
+            .with_label_values(&["herald.deliveries"])
+            .set(3);
+        let text = m.render();
+        assert!(text.contains(
+            r#"herald_delivery_attempts_total{outcome="success",status_class="2xx",webhook="crm"} 1"#
+        ));
+        assert!(text.contains(r#"herald_delivery_consumer_lag{topic="herald.deliveries"} 3"#));
+        assert_eq!(status_class(None), "none");
+        assert_eq!(status_class(Some(302)), "3xx");
+    }
+}

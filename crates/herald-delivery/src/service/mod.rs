@@ -1,0 +1,311 @@
+//! The Kafka delivery service: consumes the deliveries, retry-tier and resend
+//! topics in one consumer group, sends each job with [`Deliverer`], records
+//! the attempt in the store and republishes failures to the right
+//! delayed-retry tier or the dead-letter topic. Workers scale by starting
+//! more processes in the same group.
+//!
+//! - `consumer`: the one dispatch loop (messages, completions, timers,
+//!   rebalances, commits).
+//! - `tier`: per-partition flow control: waiting on a head that is not due
+//!   (pause + seek + timed resume) and the in-flight bounds.
+//! - `job`: one message's work, from attempt to durable next hop.
+//! - `resend`: publishing resend commands, one or in bulk.
+
+mod consumer;
+mod http;
+mod job;
+mod metrics;
+mod resend;
+mod tier;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{SecretSource, Tiers, Webhooks};
+use herald_kafka::{KafkaConfig, Topics};
+use herald_store::cql::{CqlConfig, CqlStore};
+use herald_store::{NotificationStore, StoreError, StoreLimits};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use metrics::Metrics;
+pub use resend::{BulkResend, publish_bulk_resend, publish_resend};
+
+use crate::{Deliverer, HttpSender, SenderConfig, SsrfGuard};
+
+/// Configuration of `herald delivery` (section `[delivery]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Kafka connection and topic prefix.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Consumer group shared by every delivery worker.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Delayed-retry tiers: one topic `herald.retry.<tier>` each. Must match
+    /// the tiers the topics were created with.
+    #[serde(default = "default_tiers")]
+    pub tiers: Vec<String>,
+    /// The notification store (ScyllaDB or Cassandra).
+    #[serde(default = "default_cql")]
+    pub cql: CqlConfig,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Jobs in flight in this process, waiting for a webhook slot included.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Jobs in flight from one partition. More lets one partition's
+    /// deliveries overlap; commits still follow offset order.
+    #[serde(default = "default_max_in_flight_per_partition")]
+    pub max_in_flight_per_partition: usize,
+    /// Requests in flight to one webhook, so a slow endpoint cannot take
+    /// every connection. Further jobs of that webhook wait for a slot.
+    #[serde(default = "default_max_in_flight_per_webhook")]
+    pub max_in_flight_per_webhook: usize,
+    /// Internal address ranges webhooks may reach despite the SSRF guard,
+    /// e.g. `["10.20.0.0/16"]`. Empty: only public addresses.
+    #[serde(default)]
+    pub ssrf_allow: Vec<String>,
+    /// The webhook definitions (TOML).
+    #[serde(default = "default_webhooks")]
+    pub webhooks: PathBuf,
+    /// On shutdown, how long in-flight attempts may take to finish before
+    /// they are abandoned (uncommitted, so the next owner redoes them).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How often consumer statistics (lag per topic) are refreshed.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+}
+
+fn default_group_id() -> String {
+    "herald-delivery".into()
+}
+fn default_tiers() -> Vec<String> {
+    ["10s", "1m", "10m", "1h", "6h"].map(String::from).to_vec()
+}
+fn default_cql() -> CqlConfig {
+    CqlConfig::new(vec!["127.0.0.1:9042".into()], "herald")
+}
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:9102".parse().expect("static address")
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_max_in_flight_per_partition() -> usize {
+    128
+}
+fn default_max_in_flight_per_webhook() -> usize {
+    32
+}
+fn default_webhooks() -> PathBuf {
+    "deploy/webhooks.example.toml".into()
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_stats_interval_ms() -> u64 {
+    5_000
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+/// Why the delivery service could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Result alias of the service.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Run the delivery service until `shutdown` fires, then drain in-flight
+/// attempts, commit, flush the producer and return.
+pub async fn run(
+    config: DeliveryConfig,
+    webhooks: Webhooks,
+    secrets: Arc<dyn SecretSource + Send + Sync>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    DeliveryService::bind(config, webhooks, secrets)
+        .await?
+        .run(shutdown)
+        .await
+}
+
+/// A delivery service that is connected and listening but not yet consuming.
+/// [`DeliveryService::run`] does all the work inside its own future, so
+/// dropping (or aborting) that future stops everything, like a crash.
+pub struct DeliveryService {
+    config: Arc<DeliveryConfig>,
+    listener: TcpListener,
+    consumer: StreamConsumer<consumer::Context>,
+    shared: Arc<job::Shared>,
+}
+
+impl DeliveryService {
+    /// Validate the configuration, connect to the store and Kafka, subscribe
+    /// and bind the HTTP listener.
+    pub async fn bind(
+        config: DeliveryConfig,
+        webhooks: Webhooks,
+        secrets: Arc<dyn SecretSource + Send + Sync>,
+    ) -> Result<Self> {
+        let store = CqlStore::connect(&config.cql, StoreLimits::default()).await?;
+        Self::bind_with_store(config, webhooks, secrets, Arc::new(store)).await
+    }
+
+    /// Like [`DeliveryService::bind`], with a store the caller opened.
+    pub async fn bind_with_store(
+        config: DeliveryConfig,
+        webhooks: Webhooks,
+        secrets: Arc<dyn SecretSource + Send + Sync>,
+        store: Arc<dyn NotificationStore>,
+    ) -> Result<Self> {
+        if config.max_in_flight == 0
+            || config.max_in_flight_per_partition == 0
+            || config.max_in_flight_per_webhook == 0
+        {
+            return Err(Error::Config(
+                "max_in_flight, max_in_flight_per_partition and max_in_flight_per_webhook must be at least 1"
+                    .into(),
+            ));
+        }
+        let tiers = Tiers::parse(&config.tiers).map_err(|e| Error::Config(e.to_string()))?;
+        let ssrf = SsrfGuard::from_allow_list(&config.ssrf_allow).map_err(Error::Config)?;
+        let sender = HttpSender::new(SenderConfig {
+            ssrf,
+            ..SenderConfig::default()
+        });
+        let webhooks = Arc::new(webhooks);
+        let topics = Topics::new(&config.kafka);
+        let metrics = Metrics::new();
+        let deliverer = Deliverer::new(sender, webhooks.clone(), secrets, tiers.clone());
+        let producer: FutureProducer = config.kafka.producer_config().create()?;
+        let consumer = consumer::create(&config, metrics.clone())?;
+        let mut subscribed = vec![topics.deliveries(), topics.resend()];
+        subscribed.extend(tiers.as_slice().iter().map(|t| topics.retry(&t.name)));
+        let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let shared = Arc::new(job::Shared::new(
+            deliverer,
+            store,
+            producer,
+            topics,
+            metrics,
+            &webhooks,
+            config.max_in_flight_per_webhook,
+        ));
+        info!(
+            group = %config.group_id,
+            topics = ?subscribed,
+            listen = %listener.local_addr()?,
+            "delivery service connected"
+        );
+        Ok(Self {
+            config: Arc::new(config),
+            listener,
+            consumer,
+            shared,
+        })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the real port
+    /// when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Consume and deliver until `shutdown` fires; then stop consuming,
+    /// drain in-flight attempts (up to `drain_timeout_ms`), commit, flush the
+    /// producer and leave the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self {
+            config,
+            listener,
+            consumer,
+            shared,
+        } = self;
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = http::serve(
+            listener,
+            shared.metrics.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        );
+        let dispatch = consumer::Dispatcher::new(consumer, shared.clone(), &config)
+            .run(shutdown.clone(), ready);
+        let (_, result) = tokio::join!(http, dispatch);
+        let flushed = {
+            let producer = shared.producer.clone();
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::producer::Producer as _;
+                producer.flush(Duration::from_secs(30))
+            })
+            .await
+        };
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+        }
+        info!("delivery service stopped");
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let c = DeliveryConfig::default();
+        assert_eq!(c.tiers.len(), 5);
+        assert_eq!(c.group_id, "herald-delivery");
+        assert!(c.max_in_flight >= c.max_in_flight_per_partition);
+        let e = serde_json::from_str::<DeliveryConfig>(r#"{"max_inflight": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../../deploy/delivery.example.toml");
+        #[derive(Deserialize)]
+        struct File {
+            delivery: DeliveryConfig,
+        }
+        let f: File = toml::from_str(text).expect("deploy/delivery.example.toml");
+        assert_eq!(f.delivery.tiers, default_tiers());
+    }
+}

@@ -1,0 +1,356 @@
+//! Per-partition flow control for the one consumer that reads every topic.
+//!
+//! A partition is paused for any of three reasons, and resumed when none is
+//! left:
+//! - **its head is not due** (a retry tier, or any job with a future due
+//!   time): pause, seek back to the head's offset, and resume at the due
+//!   time. Tier topics hold messages that all wait about the same time, so
+//!   only the head ever needs a timer;
+//! - **it has `max_per_partition` jobs in flight**;
+//! - **the process has `max_total` jobs in flight** (every partition pauses:
+//!   the consumer keeps polling, so it stays in its group).
+//!
+//! Pausing is per partition, so a waiting tier never holds up the other
+//! topics. Revoking a partition forgets its state and its timer; each
+//! assignment gets a new generation so that jobs of an earlier assignment
+//! never count against (or commit for) the current one.
+//!
+//! librdkafka notes: `pause` drops what was already fetched for the
+//! partition (a version barrier) and resumes at the position after the last
+//! message handed to us, or where a later `seek` points; `resume` keeps
+//! that position.
+
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+/// (topic, partition).
+pub(super) type Tp = (String, i32);
+
+/// The consumer operations flow control needs; the real consumer in
+/// production, a recorder in tests.
+pub(super) trait Flow {
+    fn pause(&self, topic: &str, partition: i32);
+    fn resume(&self, topic: &str, partition: i32);
+    fn seek(&self, topic: &str, partition: i32, offset: i64);
+}
+
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    in_flight: usize,
+    /// The head offset we sought back to, and its timer.
+    waiting: Option<(i64, Key)>,
+    paused: bool,
+}
+
+/// What the dispatcher should do with a received message.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Start it, as part of this assignment generation.
+    Start { generation: u64 },
+    /// The partition waits on an earlier head: this message was fetched
+    /// before the pause took effect and will be fetched again. Drop it.
+    Stale,
+}
+
+pub(super) struct Partitions {
+    states: HashMap<Tp, State>,
+    timers: DelayQueue<Tp>,
+    next_generation: u64,
+    total: usize,
+    max_total: usize,
+    max_per_partition: usize,
+}
+
+impl Partitions {
+    pub(super) fn new(max_total: usize, max_per_partition: usize) -> Self {
+        Self {
+            states: HashMap::new(),
+            timers: DelayQueue::new(),
+            next_generation: 1,
+            total: 0,
+            max_total,
+            max_per_partition,
+        }
+    }
+
+    /// A partition was assigned to us. A partition we paused under an earlier
+    /// assignment may still carry librdkafka's pause flag: clear it.
+    pub(super) fn assign(&mut self, flow: &impl Flow, topic: &str, partition: i32) -> u64 {
+        let tp = (topic.to_owned(), partition);
+        if let Some(old) = self.states.remove(&tp)
+            && let Some((_, key)) = old.waiting
+        {
+            self.timers.remove(&key);
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let paused = self.total >= self.max_total;
+        if paused {
+            flow.pause(topic, partition);
+        } else {
+            flow.resume(topic, partition);
+        }
+        self.states.insert(
+            tp,
+            State {
+                generation,
+                in_flight: 0,
+                waiting: None,
+                paused,
+            },
+        );
+        generation
+    }
+
+    /// A partition was revoked: forget it and its timer.
+    pub(super) fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(old) = self.states.remove(&(topic.to_owned(), partition))
+            && let Some((_, key)) = old.waiting
+        {
+            self.timers.remove(&key);
+        }
+    }
+
+    pub(super) fn is_assigned(&self, topic: &str, partition: i32) -> bool {
+        self.states.contains_key(&(topic.to_owned(), partition))
+    }
+
+    /// Decide about a message that arrived.
+    pub(super) fn admit(&mut self, flow: &impl Flow, topic: &str, partition: i32) -> Admit {
+        let generation = if self.is_assigned(topic, partition) {
+            self.states[&(topic.to_owned(), partition)].generation
+        } else {
+            // Assignments are seen before their messages; be safe anyway.
+            self.assign(flow, topic, partition)
+        };
+        let state = self
+            .states
+            .get_mut(&(topic.to_owned(), partition))
+            .expect("assigned above");
+        if let Some((head, _)) = state.waiting {
+            // Seek again: consuming the stale message moved the position.
+            flow.seek(topic, partition, head);
+            return Admit::Stale;
+        }
+        Admit::Start { generation }
+    }
+
+    /// The message at `offset` is not due for `delay`: pause the partition,
+    /// seek back to it and resume when it is due.
+    pub(super) fn wait(
+        &mut self,
+        flow: &impl Flow,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        delay: Duration,
+    ) {
+        let tp = (topic.to_owned(), partition);
+        let Some(state) = self.states.get_mut(&tp) else {
+            return;
+        };
+        if !state.paused {
+            flow.pause(topic, partition);
+            state.paused = true;
+        }
+        flow.seek(topic, partition, offset);
+        if let Some((_, key)) = state.waiting.take() {
+            self.timers.remove(&key);
+        }
+        let key = self.timers.insert(tp, delay);
+        state.waiting = Some((offset, key));
+    }
+
+    /// A job of this partition started.
+    pub(super) fn started(&mut self, flow: &impl Flow, topic: &str, partition: i32) {
+        self.total += 1;
+        if let Some(s) = self.states.get_mut(&(topic.to_owned(), partition)) {
+            s.in_flight += 1;
+        }
+        if self.total == self.max_total {
+            self.reconcile_all(flow);
+        } else {
+            self.reconcile(flow, topic, partition);
+        }
+    }
+
+    /// A job finished. Its partition may have been revoked (or revoked and
+    /// assigned again) meanwhile: only the same generation counts.
+    pub(super) fn finished(
+        &mut self,
+        flow: &impl Flow,
+        topic: &str,
+        partition: i32,
+        generation: u64,
+    ) {
+        let was_full = self.total >= self.max_total;
+        self.total = self.total.saturating_sub(1);
+        if let Some(s) = self.states.get_mut(&(topic.to_owned(), partition))
+            && s.generation == generation
+        {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        if was_full && self.total < self.max_total {
+            self.reconcile_all(flow);
+        } else {
+            self.reconcile(flow, topic, partition);
+        }
+    }
+
+    /// The generation of a partition's current assignment.
+    pub(super) fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.states
+            .get(&(topic.to_owned(), partition))
+            .map(|s| s.generation)
+    }
+
+    pub(super) fn total_in_flight(&self) -> usize {
+        self.total
+    }
+
+    /// Partitions waiting for their head to become due.
+    pub(super) fn waiting(&self) -> usize {
+        self.states.values().filter(|s| s.waiting.is_some()).count()
+    }
+
+    /// The next partition whose head became due.
+    pub(super) fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Option<Tp>> {
+        self.timers
+            .poll_expired(cx)
+            .map(|e| e.map(|e| e.into_inner()))
+    }
+
+    /// A head became due: resume the partition unless it is full.
+    pub(super) fn due(&mut self, flow: &impl Flow, tp: &Tp) {
+        if let Some(s) = self.states.get_mut(tp) {
+            s.waiting = None;
+        }
+        self.reconcile(flow, &tp.0, tp.1);
+    }
+
+    fn reconcile(&mut self, flow: &impl Flow, topic: &str, partition: i32) {
+        let (max_total, max_pp, total) = (self.max_total, self.max_per_partition, self.total);
+        if let Some(s) = self.states.get_mut(&(topic.to_owned(), partition)) {
+            apply(flow, topic, partition, s, total >= max_total, max_pp);
+        }
+    }
+
+    fn reconcile_all(&mut self, flow: &impl Flow) {
+        let full = self.total >= self.max_total;
+        for ((topic, partition), s) in &mut self.states {
+            apply(flow, topic, *partition, s, full, self.max_per_partition);
+        }
+    }
+}
+
+fn apply(flow: &impl Flow, topic: &str, partition: i32, s: &mut State, full: bool, max_pp: usize) {
+    let pause = s.waiting.is_some() || s.in_flight >= max_pp || full;
+    if pause != s.paused {
+        if pause {
+            flow.pause(topic, partition);
+        } else {
+            flow.resume(topic, partition);
+        }
+        s.paused = pause;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::future::poll_fn;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<String>>);
+
+    impl Flow for Recorder {
+        fn pause(&self, t: &str, p: i32) {
+            self.0.borrow_mut().push(format!("pause {t}/{p}"));
+        }
+        fn resume(&self, t: &str, p: i32) {
+            self.0.borrow_mut().push(format!("resume {t}/{p}"));
+        }
+        fn seek(&self, t: &str, p: i32, o: i64) {
+            self.0.borrow_mut().push(format!("seek {t}/{p}@{o}"));
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.borrow_mut())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_is_not_due_pauses_only_its_partition_until_due() {
+        let f = Recorder::default();
+        let mut p = Partitions::new(100, 10);
+        p.assign(&f, "retry.1s", 0);
+        p.assign(&f, "deliveries", 0);
+        f.take();
+        p.wait(&f, "retry.1s", 0, 42, Duration::from_secs(5));
+        assert_eq!(f.take(), ["pause retry.1s/0", "seek retry.1s/0@42"]);
+        assert_eq!(p.waiting(), 1);
+        // Another topic is unaffected.
+        assert!(matches!(p.admit(&f, "deliveries", 0), Admit::Start { .. }));
+        // A message fetched before the pause is dropped and the seek repeated.
+        assert_eq!(p.admit(&f, "retry.1s", 0), Admit::Stale);
+        assert_eq!(f.take(), ["seek retry.1s/0@42"]);
+
+        let start = tokio::time::Instant::now();
+        let tp = poll_fn(|cx| p.poll_due(cx)).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        p.due(&f, &tp);
+        assert_eq!(f.take(), ["resume retry.1s/0"]);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoke_forgets_the_timer_and_generations_separate_assignments() {
+        let f = Recorder::default();
+        let mut p = Partitions::new(100, 10);
+        let g1 = p.assign(&f, "t", 0);
+        p.started(&f, "t", 0);
+        p.wait(&f, "t", 0, 7, Duration::from_secs(1));
+        p.revoke("t", 0);
+        assert_eq!(p.waiting(), 0);
+        let g2 = p.assign(&f, "t", 0);
+        assert_ne!(g1, g2);
+        f.take();
+        // The old job finishing does not touch the new assignment's count.
+        p.finished(&f, "t", 0, g1);
+        assert_eq!(p.total_in_flight(), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let polled = poll_fn(|cx| Poll::Ready(p.poll_due(cx))).await;
+        assert!(
+            !matches!(polled, Poll::Ready(Some(_))),
+            "the revoked timer is gone"
+        );
+        assert!(f.take().is_empty());
+    }
+
+    #[test]
+    fn in_flight_bounds_pause_and_resume() {
+        let f = Recorder::default();
+        let mut p = Partitions::new(3, 2);
+        let a = p.assign(&f, "t", 0);
+        let b = p.assign(&f, "t", 1);
+        f.take();
+        p.started(&f, "t", 0);
+        p.started(&f, "t", 0);
+        assert_eq!(f.take(), ["pause t/0"], "partition bound");
+        p.started(&f, "t", 1);
+        assert_eq!(f.take(), ["pause t/1"], "total bound pauses the rest");
+        p.finished(&f, "t", 1, b);
+        assert_eq!(f.take(), ["resume t/1"], "t/0 is still at its own bound");
+        p.finished(&f, "t", 0, a);
+        assert_eq!(f.take(), ["resume t/0"]);
+    }
+}
