@@ -45,6 +45,20 @@ enum Command {
         #[arg(long, short, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the ingest service: banking events on Kafka to stored
+    /// notifications and delivery jobs (section `[ingest]`).
+    Ingest {
+        /// Configuration file (TOML); `HERALD_INGEST__*` variables override it.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the delivery service: delivery, retry-tier and resend topics to
+    /// webhook receivers (section `[delivery]`). Scale by starting more.
+    Delivery {
+        /// Configuration file (TOML); `HERALD_DELIVERY__*` variables override it.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Check and render webhook templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -167,6 +181,10 @@ enum TemplateCommand {
 struct FileConfig {
     #[serde(default)]
     standalone: standalone::StandaloneConfig,
+    #[serde(default)]
+    ingest: herald_ingest::IngestConfig,
+    #[serde(default)]
+    delivery: herald_delivery::DeliveryConfig,
 }
 
 /// Exit codes scripts can rely on.
@@ -185,6 +203,30 @@ fn main() -> ExitCode {
             Command::Standalone { config } => {
                 init_logs("info");
                 run_standalone(config.as_deref()).await
+            }
+            Command::Ingest { config } => {
+                init_logs("info");
+                let file = load_config(config.as_deref())?;
+                let webhooks = load_webhooks(&file.ingest.webhooks)?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(shutdown_on_signal(shutdown.clone()));
+                herald_ingest::run(file.ingest, webhooks, shutdown).await?;
+                Ok(())
+            }
+            Command::Delivery { config } => {
+                init_logs("info");
+                let file = load_config(config.as_deref())?;
+                let webhooks = load_webhooks(&file.delivery.webhooks)?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(shutdown_on_signal(shutdown.clone()));
+                herald_delivery::service::run(
+                    file.delivery,
+                    webhooks,
+                    Arc::new(EnvAndFileSecrets),
+                    shutdown,
+                )
+                .await?;
+                Ok(())
             }
             Command::Template(TemplateCommand::Check { webhooks }) => {
                 let w = load_webhooks(&webhooks)?;
@@ -343,15 +385,32 @@ fn load_webhooks(path: &Path) -> anyhow::Result<Webhooks> {
         .map_err(|e| anyhow::Error::new(UsageError(format!("{}:\n{e}", path.display()))))
 }
 
-async fn run_standalone(config: Option<&Path>) -> anyhow::Result<()> {
+/// The configuration: the file when given, then `HERALD_<SECTION>__<KEY>`
+/// environment variables over it.
+fn load_config(config: Option<&Path>) -> anyhow::Result<FileConfig> {
     let mut figment = Figment::new();
     if let Some(path) = config {
         figment = figment.merge(Toml::file_exact(path));
     }
-    let file: FileConfig = figment
-        .merge(Env::prefixed("HERALD_").split("__").ignore(&["config"]))
+    let file = figment
+        .merge(
+            // Only the sections: other HERALD_* variables (HERALD_API_TOKEN,
+            // HERALD_CONFIG, ...) belong to commands, not to this file.
+            Env::prefixed("HERALD_")
+                .filter(|k| {
+                    ["standalone__", "ingest__", "delivery__"]
+                        .iter()
+                        .any(|s| k.as_str().to_ascii_lowercase().starts_with(s))
+                })
+                .split("__"),
+        )
         .extract()
         .map_err(|e| UsageError(format!("configuration: {e}")))?;
+    Ok(file)
+}
+
+async fn run_standalone(config: Option<&Path>) -> anyhow::Result<()> {
+    let file = load_config(config)?;
     let webhooks = load_webhooks(&file.standalone.webhooks)?;
     let shutdown = CancellationToken::new();
     let running = standalone::start(

@@ -339,3 +339,142 @@ fn topics_create_makes_every_herald_topic_once() {
             .collect::<Vec<_>>()
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kafka mode through the binary: `herald ingest` and `herald delivery` as
+/// two processes, configured by environment, carry an event from the input
+/// topic to a receiver; SIGTERM stops both cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_delivery_run_from_the_cli() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(bootstrap) = herald_tests::kafka_bootstrap("cli ingest+delivery") else {
+        return;
+    };
+    let Some(node) = herald_tests::cql_node("cli ingest+delivery") else {
+        return;
+    };
+    let name = herald_tests::unique_name("cli_kafka");
+    let (prefix, input, keyspace) = (
+        format!("{name}."),
+        format!("{name}.banking.events"),
+        name.clone(),
+    );
+    let o = herald(
+        &["migrate", "--contact-point", &node, "--keyspace", &keyspace],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = herald(
+        &[
+            "topics",
+            "create",
+            "--bootstrap",
+            &bootstrap,
+            "--prefix",
+            &prefix,
+            "--partitions",
+            "2",
+            "--tiers",
+            "1s,5s",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+    let topic =
+        rdkafka::admin::NewTopic::new(&input, 2, rdkafka::admin::TopicReplication::Fixed(1));
+    admin
+        .create_topics(&[topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+
+    let rx = TestReceiver::start().await;
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let webhooks = dir.join("webhooks.toml");
+    std::fs::write(
+        &webhooks,
+        format!("[[webhooks]]\nid = \"loans\"\nevents = [\"bank.loan.*\"]\nurl = \"{}\"\nbody = '{{\"loan\": {{{{json subject}}}}}}'\n", rx.url("/loans")),
+    )
+    .unwrap();
+
+    let spawn = |service: &str, extra: &[(&str, String)]| {
+        let upper = service.to_uppercase();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg(service)
+            .current_dir(root())
+            .env(
+                format!("HERALD_{upper}__KAFKA__BOOTSTRAP_SERVERS"),
+                &bootstrap,
+            )
+            .env(format!("HERALD_{upper}__KAFKA__TOPIC_PREFIX"), &prefix)
+            .env(
+                format!("HERALD_{upper}__GROUP_ID"),
+                format!("{name}-{service}"),
+            )
+            .env(format!("HERALD_{upper}__WEBHOOKS"), &webhooks)
+            .env(
+                format!("HERALD_{upper}__CQL__CONTACT_POINTS"),
+                format!("[\"{node}\"]"),
+            )
+            .env(format!("HERALD_{upper}__CQL__KEYSPACE"), &keyspace)
+            .env(
+                format!("HERALD_{upper}__LISTEN"),
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in extra {
+            cmd.env(format!("HERALD_{upper}__{k}"), v);
+        }
+        cmd.spawn().expect("spawn herald service")
+    };
+    let ingest = spawn("ingest", &[("INPUT_TOPICS", format!("[\"{input}\"]"))]);
+    let delivery = spawn(
+        "delivery",
+        &[
+            ("SSRF_ALLOW", "[\"127.0.0.0/8\"]".into()),
+            ("TIERS", "[\"1s\",\"5s\"]".into()),
+        ],
+    );
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let event = r#"{"specversion":"1.0","id":"cli-1","source":"/core","type":"bank.loan.disbursed","subject":"LN-7"}"#;
+    producer
+        .send(
+            FutureRecord::to(&input).key("LN-7").payload(event),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let got = rx.wait_for(1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].body.as_ref(), br#"{"loan": "LN-7"}"#);
+
+    for mut child in [ingest, delivery] {
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "graceful shutdown exits 0: {status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
