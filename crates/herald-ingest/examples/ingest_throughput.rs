@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-kafka cargo run --release -p herald-ingest \
-//!     --example ingest_throughput -- [events] [batch_max_events]
+//!     --example ingest_throughput -- [events] [batch_max_events] [store_write_parallelism]
 //! ```
 //!
 //! Produces `events` (default 20 000) 1 KiB CloudEvents, each matching two
@@ -103,6 +103,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().map_or(20_000, |a| a.parse().expect("events"));
     let batch: usize = args.next().map_or(500, |a| a.parse().expect("batch size"));
+    let parallelism: usize = args.next().map_or(4, |a| a.parse().expect("parallelism"));
     let bootstrap = std::env::var("HERALD_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let node = std::env::var("HERALD_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:9042".into());
     let run = format!("bench_{}_{}", std::process::id(), rand_suffix());
@@ -179,6 +180,7 @@ async fn main() {
         cql,
         listen: "127.0.0.1:0".parse().expect("address"),
         batch_max_events: batch,
+        store_write_parallelism: parallelism,
         ..IngestConfig::default()
     };
     let shutdown = CancellationToken::new();
@@ -211,7 +213,8 @@ async fn main() {
     assert_eq!(jobs as usize, 2 * events, "two jobs per event");
     println!(
         "ingested {events} events ({jobs} notifications and jobs) at {:.0} events/s \
-         ({counted:.0} events in {elapsed:?}; batch_max_events = {batch})",
+         ({counted:.0} events in {elapsed:?}; batch_max_events = {batch}, \
+         store_write_parallelism = {parallelism})",
         counted / elapsed.as_secs_f64()
     );
 }

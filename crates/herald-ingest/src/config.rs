@@ -46,6 +46,11 @@ pub struct IngestConfig {
     /// round of produce acknowledgements, one commit).
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
+    /// Store appends a batch is split into, run concurrently. The CQL store
+    /// runs 16 writes at a time per append, so this multiplies the writes
+    /// in flight.
+    #[serde(default = "default_store_write_parallelism")]
+    pub store_write_parallelism: usize,
     /// Longest wait, in milliseconds, for a batch to fill once its first
     /// message arrived.
     #[serde(default = "default_batch_max_wait_ms")]
@@ -90,6 +95,9 @@ fn default_listen() -> SocketAddr {
 fn default_batch_max_events() -> usize {
     500
 }
+fn default_store_write_parallelism() -> usize {
+    4
+}
 fn default_batch_max_wait_ms() -> u64 {
     20
 }
@@ -128,6 +136,9 @@ impl IngestConfig {
         }
         if self.batch_max_events == 0 {
             return fail("ingest.batch_max_events must be at least 1");
+        }
+        if self.store_write_parallelism == 0 {
+            return fail("ingest.store_write_parallelism must be at least 1");
         }
         if self.max_event_bytes == 0 {
             return fail("ingest.max_event_bytes must be at least 1");

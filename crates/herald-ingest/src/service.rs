@@ -345,7 +345,7 @@ impl Pipeline {
             let result = tokio::select! {
                 biased;
                 _ = abandon.cancelled() => return Err(AppendError::Abandoned),
-                r = self.store.append_notifications(notifications) => r,
+                r = self.append_once(notifications) => r,
             };
             match result {
                 Ok(()) => {
@@ -369,6 +369,25 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// One attempt: the notifications split into `store_write_parallelism`
+    /// concurrent appends.
+    async fn append_once(
+        &self,
+        notifications: &[herald_core::Notification],
+    ) -> std::result::Result<(), StoreError> {
+        let chunk = notifications
+            .len()
+            .div_ceil(self.config.store_write_parallelism)
+            .max(1);
+        futures::future::try_join_all(
+            notifications
+                .chunks(chunk)
+                .map(|c| self.store.append_notifications(c)),
+        )
+        .await
+        .map(drop)
     }
 
     /// After the store rejected a batch: append each event's notifications
