@@ -41,7 +41,9 @@ impl Default for SenderConfig {
         Self {
             ssrf: SsrfGuard::default(),
             max_response_excerpt: 4096,
-            max_idle_per_host: 32,
+            // At least the attempts a worker keeps in flight to one host: fewer
+            // idle slots close connections that are about to be reused.
+            max_idle_per_host: 256,
             user_agent: concat!("Herald/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
