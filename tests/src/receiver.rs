@@ -151,10 +151,15 @@ impl TestReceiver {
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let mut count = self.count.clone();
         let deadline = Instant::now() + timeout;
-        let waited = tokio::time::timeout_at(deadline.into(), count.wait_for(|c| *c >= n)).await;
+        // `wait_for` returns a guard on the watch value: turn it into a bool at
+        // once, or `handle` (which takes `received`, then the watch's lock)
+        // would deadlock with `received()` below.
+        let reached = tokio::time::timeout_at(deadline.into(), count.wait_for(|c| *c >= n))
+            .await
+            .is_ok();
         let got = self.received();
         assert!(
-            waited.is_ok(),
+            reached,
             "receiver got {} of {n} requests within {timeout:?}",
             got.len()
         );
@@ -207,11 +212,13 @@ async fn handle(
         body,
         at: SystemTime::now(),
     };
-    {
+    let len = {
         let mut r = received.lock().unwrap();
         r.push(record);
-        count.send_replace(r.len());
-    }
+        r.len()
+    };
+    // Never hold `received` while taking the watch's lock.
+    count.send_replace(len);
     match reply {
         Reply::Status { status, delay } => {
             tokio::time::sleep(delay).await;
