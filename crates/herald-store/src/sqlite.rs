@@ -64,6 +64,10 @@ pub struct SqliteConfig {
     /// (e.g. an operator's `sqlite3` shell) before failing, in milliseconds.
     #[serde(default = "default_busy_ms")]
     pub busy_timeout_ms: u64,
+    /// Page cache of the writer connection, in MiB. SQLite's default (2 MiB)
+    /// made the writer re-read index pages from the OS on every insert.
+    #[serde(default = "default_cache_mib")]
+    pub writer_cache_mib: u32,
 }
 
 fn default_max_group() -> usize {
@@ -78,6 +82,9 @@ fn default_readers() -> usize {
 fn default_busy_ms() -> u64 {
     5000
 }
+fn default_cache_mib() -> u32 {
+    64
+}
 
 impl SqliteConfig {
     /// Defaults for a database at `path`.
@@ -89,6 +96,7 @@ impl SqliteConfig {
             write_queue: default_queue(),
             readers: default_readers(),
             busy_timeout_ms: default_busy_ms(),
+            writer_cache_mib: default_cache_mib(),
         }
     }
 }
@@ -386,7 +394,10 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
         Synchronous::Normal => "NORMAL",
         Synchronous::Full => "FULL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{};",
+        u64::from(cfg.writer_cache_mib.max(2)) * 1024
+    ))?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Invalid(format!(
