@@ -517,7 +517,15 @@ async fn run_kafka(s: &Settings, name: &str, fault: Fault, failure_rate: f64) ->
 
     let rx = Receiver::start(failure_rate).await?;
     let webhooks = webhooks_file(&dir, &rx)?;
-    let client = "[{svc}.kafka.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n";
+    // A short session timeout makes a killed member's partitions move on
+    // in seconds rather than 45 s. Broker restarts keep the default: a member
+    // that outlives the outage keeps its partitions and commits what it
+    // delivered meanwhile, instead of handing them over uncommitted.
+    let client = if matches!(fault, Fault::KillDelivery | Fault::KillIngest) {
+        "[{svc}.kafka.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n"
+    } else {
+        ""
+    };
     let common = |svc: &str| {
         format!(
             "group_id = \"{run}-{svc}\"\nwebhooks = \"{}\"\nlisten = \"127.0.0.1:0\"\n[{svc}.kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\n{}[{svc}.cql]\ncontact_points = [\"{}\"]\nkeyspace = \"{run}\"\n",
