@@ -131,7 +131,12 @@ impl Engines {
 
     /// Compile and register a template; the error is a readable message.
     pub(crate) fn register(&mut self, mode: Mode, name: &str, source: &str) -> Result<(), String> {
+        // Handlebars parses, renders and drops templates recursively: a
+        // deeply nested template overflows the stack and aborts the process,
+        // so depth is checked before the parser sees the source.
+        check_nesting(source)?;
         let template = Template::compile(source).map_err(template_error)?;
+        reject_partials(&template)?;
         self.get_mut(mode).register_template(name, template);
         Ok(())
     }
@@ -170,6 +175,87 @@ impl Engines {
             reason: e.to_string(),
         })
     }
+}
+
+/// Deepest nesting of blocks (`{{#if}}`, `{{#each}}`, `{{else if}}` chains)
+/// a template may have.
+pub const MAX_BLOCK_DEPTH: usize = 32;
+/// Deepest nesting of sub-expressions, `(money (lookup ...) ...)`.
+pub const MAX_SUBEXPRESSION_DEPTH: usize = 16;
+
+/// Reject templates nested deeper than the limits. A conservative scan of
+/// the source (parentheses inside string literals count too): it only has to
+/// be cheap, iterative and never under-count.
+fn check_nesting(source: &str) -> Result<(), String> {
+    let mut blocks = 0usize;
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        let inner = &rest[open + 2..];
+        let Some(close) = inner.find("}}") else {
+            break;
+        };
+        let tag = inner[..close].trim_start_matches(['{', '~']).trim_start();
+        if tag.starts_with('#') || (tag.starts_with('^') && tag.len() > 1) {
+            blocks += 1;
+        } else if tag.starts_with('/') {
+            blocks = blocks.saturating_sub(1);
+        } else if let Some(chain) = tag.strip_prefix("else") {
+            // `{{else if x}}` nests one more block inside the previous one.
+            if chain.starts_with(char::is_whitespace) && !chain.trim().is_empty() {
+                blocks += 1;
+            }
+        }
+        if blocks > MAX_BLOCK_DEPTH {
+            return Err(format!(
+                "invalid template: blocks nested more than {MAX_BLOCK_DEPTH} deep"
+            ));
+        }
+        let mut parens = 0usize;
+        for c in tag.chars() {
+            match c {
+                '(' => parens += 1,
+                ')' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+            if parens > MAX_SUBEXPRESSION_DEPTH {
+                return Err(format!(
+                    "invalid template: sub-expressions nested more than {MAX_SUBEXPRESSION_DEPTH} deep"
+                ));
+            }
+        }
+        rest = &inner[close + 2..];
+    }
+    Ok(())
+}
+
+/// Partials and decorators are not part of Herald's template language: a
+/// partial can include another webhook's template, or itself through an
+/// inline partial, and recurse without bound.
+fn reject_partials(template: &Template) -> Result<(), String> {
+    use handlebars::template::TemplateElement as E;
+    let mut stack = vec![template];
+    while let Some(t) = stack.pop() {
+        for element in &t.elements {
+            match element {
+                E::PartialExpression(_) | E::PartialBlock(_) => {
+                    return Err("invalid template: partials ({{> name}}) are not supported".into());
+                }
+                E::DecoratorExpression(_) | E::DecoratorBlock(_) => {
+                    return Err(
+                        "invalid template: decorators ({{* name}}, {{#* inline}}) are not supported"
+                            .into(),
+                    );
+                }
+                E::HelperBlock(h) | E::Expression(h) | E::HtmlExpression(h) => {
+                    stack.extend(h.template.iter().chain(h.inverse.iter()));
+                }
+                // Text, comments and any element a later Handlebars adds:
+                // none of them includes another template.
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
@@ -736,5 +822,49 @@ mod tests {
                 .len(),
             1000
         );
+    }
+
+    // Found by the fuzz harness (crates/herald-core/tests/fuzz.rs): 5,000
+    // nested `{{#if}}` blocks overflowed the stack inside Handlebars' parser
+    // and aborted the process. Regression corpus: tests/fixtures/fuzz/template.
+    #[test]
+    fn nesting_is_limited_before_parsing() {
+        let deep = |n: usize| format!("{}x{}", "{{#if true}}".repeat(n), "{{/if}}".repeat(n));
+        assert_eq!(ok(Mode::Plain, &deep(MAX_BLOCK_DEPTH), json!({})), "x");
+        assert_eq!(
+            err(Mode::Plain, &deep(5000), json!({})),
+            "t: invalid template: blocks nested more than 32 deep"
+        );
+        let chain = format!(
+            "{{{{#if a}}}}{}{{{{/if}}}}",
+            "{{else if a}}".repeat(MAX_BLOCK_DEPTH + 1)
+        );
+        assert!(err(Mode::Plain, &chain, json!({})).contains("blocks nested"));
+        let parens = format!(
+            "{{{{json {}x{}}}}}",
+            "(default ".repeat(100),
+            " 1)".repeat(100)
+        );
+        assert!(err(Mode::Plain, &parens, json!({})).contains("sub-expressions nested"));
+        // Sequential blocks are not nesting.
+        let wide = "{{#if true}}y{{/if}}".repeat(1000);
+        assert_eq!(ok(Mode::Plain, &wide, json!({})).len(), 1000);
+    }
+
+    #[test]
+    fn partials_and_decorators_are_rejected() {
+        for (template, what) in [
+            ("{{> body}}", "partials"),
+            ("{{#> layout}}x{{/layout}}", "partials"),
+            ("{{#*inline \"p\"}}{{> p}}{{/inline}}{{> p}}", "decorators"),
+            (
+                "{{#if a}}x{{else}}{{#each b}}{{> p}}{{/each}}{{/if}}",
+                "partials",
+            ),
+            ("{{*foo}}", "decorators"),
+        ] {
+            let e = err(Mode::Plain, template, json!({"a": true, "id": "t"}));
+            assert!(e.contains(&format!("{what} (")), "{template}: {e}");
+        }
     }
 }

@@ -114,26 +114,11 @@ impl HttpSender {
             Err(error) => return refused(error, started),
         };
         let max = self.config.max_response_excerpt;
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let (parts, mut body) = response.into_parts();
-            // Read only the excerpt: a hostile receiver may stream forever.
-            let mut excerpt = BytesMut::new();
-            while excerpt.len() < max {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            excerpt.extend_from_slice(&data[..data.len().min(max - excerpt.len())]);
-                        }
-                    }
-                    // A body that breaks after the status line does not change the
-                    // status the receiver chose.
-                    Some(Err(_)) | None => break,
-                }
-            }
-            Ok::<_, hyper_util::client::legacy::Error>((parts, excerpt.freeze()))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
+        // One deadline for the whole exchange. It bounds the wait for the
+        // response head; the excerpt is then read only until the same deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let head = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+        match head {
             Err(_) => SendResult {
                 outcome: Outcome::Timeout,
                 http_status: None,
@@ -146,7 +131,28 @@ impl HttpSender {
                 retry_after: None,
             },
             Ok(Err(e)) => classify_error(&e, started),
-            Ok(Ok((parts, excerpt))) => {
+            Ok(Ok(response)) => {
+                let (parts, mut body) = response.into_parts();
+                // The status line decides the outcome: a body that is huge,
+                // endless, slow or broken does not change what the receiver
+                // answered. Only the excerpt is read; dropping the rest closes
+                // the connection rather than draining it.
+                let mut excerpt = BytesMut::new();
+                let read = async {
+                    while excerpt.len() < max {
+                        match body.frame().await {
+                            Some(Ok(frame)) => {
+                                if let Some(data) = frame.data_ref() {
+                                    let take = data.len().min(max - excerpt.len());
+                                    excerpt.extend_from_slice(&data[..take]);
+                                }
+                            }
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout_at(deadline, read).await;
+                drop(body);
                 let status = parts.status.as_u16();
                 let success = parts.status.is_success();
                 SendResult {
@@ -164,8 +170,7 @@ impl HttpSender {
                         ),
                         _ => format!("http {status}"),
                     }),
-                    response_excerpt: (!excerpt.is_empty())
-                        .then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+                    response_excerpt: excerpt_text(&excerpt),
                     retry_after: parts
                         .headers
                         .get(http::header::RETRY_AFTER)
@@ -214,6 +219,16 @@ impl HttpSender {
             .body(Full::new(body))
             .map_err(|e| format!("invalid request: {e}"))
     }
+}
+
+/// The excerpt as text, never longer than the bytes read: a multi-byte
+/// character cut at the limit is dropped rather than replaced by U+FFFD.
+fn excerpt_text(bytes: &[u8]) -> Option<String> {
+    let cut = match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
+        _ => bytes,
+    };
+    (!cut.is_empty()).then(|| String::from_utf8_lossy(cut).into_owned())
 }
 
 fn refused(error: String, started: Instant) -> SendResult {
@@ -312,5 +327,21 @@ impl Service<Name> for GuardedResolver {
             }
             Ok(addrs.into_iter())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt_text;
+
+    #[test]
+    fn an_excerpt_cut_inside_a_character_drops_the_fragment() {
+        // "é" is two bytes; the limit cut it after the first.
+        assert_eq!(excerpt_text(b"ab\xc3").as_deref(), Some("ab"));
+        assert_eq!(excerpt_text("abé".as_bytes()).as_deref(), Some("abé"));
+        assert_eq!(excerpt_text(b"\xc3"), None);
+        assert_eq!(excerpt_text(b""), None);
+        // Invalid bytes inside the excerpt are still shown, replaced.
+        assert_eq!(excerpt_text(b"a\xffb").as_deref(), Some("a\u{fffd}b"));
     }
 }
