@@ -781,7 +781,7 @@ mod tests {
         assert_eq!(change.changed_by, "operator:alice");
         assert!(change.since > t(2) - chrono::Duration::milliseconds(1));
         assert_eq!(c.admit("a", t(3)), Admission::Send);
-        assert_eq!(c.take_changes(), [change.clone()]);
+        assert_eq!(c.take_changes(), std::slice::from_ref(&change));
         assert!(c.force_close("nope", t(3), "x").is_none());
         let mut other = Circuits::new("w2", [("a".to_owned(), config())], t(0));
         assert!(other.apply(&change));
