@@ -303,15 +303,19 @@ async fn attempt(
         .with_label_values(&[plan.trigger.as_str()])
         .observe(late.as_secs_f64());
     let result = shared.deliverer.attempt(plan).await;
-    drop(permit);
     let a = &result.attempt;
     if gated {
+        // Before the slot is released: the next job of this webhook must
+        // see the state this result leads to.
         shared.circuits.record(
             plan.webhook_id,
             a.outcome,
             Duration::from_millis(a.duration_ms.into()),
             admission == Admission::Probe,
         );
+    }
+    drop(permit);
+    if gated {
         publish_circuit_changes(shared).await;
     }
     let label = shared.label(plan.webhook_id);
