@@ -441,20 +441,27 @@ fn reply(op: WriteOp) -> oneshot::Sender<Result<()>> {
 }
 
 fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<()>>> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
+    // Savepoint statements are prepared once and cached: rusqlite's
+    // `savepoint()` parses them again for every append, which was 15% of
+    // the writer thread's time in standalone mode.
+    let exec = |sql: &str| -> Result<()> {
+        tx.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
     for op in group {
-        let mut sp = tx.savepoint()?;
+        exec("SAVEPOINT herald_append")?;
         let r = match op {
             WriteOp::Notifications(ns, _) => {
-                ns.iter().try_for_each(|n| insert_notification(&sp, n))
+                ns.iter().try_for_each(|n| insert_notification(&tx, n))
             }
-            WriteOp::Attempts(atts, _) => atts.iter().try_for_each(|a| insert_attempt(&sp, a)),
+            WriteOp::Attempts(atts, _) => atts.iter().try_for_each(|a| insert_attempt(&tx, a)),
         };
-        match &r {
-            Ok(()) => sp.commit()?,
-            Err(_) => sp.rollback()?,
+        if r.is_err() {
+            exec("ROLLBACK TO herald_append")?;
         }
+        exec("RELEASE herald_append")?;
         results.push(r);
     }
     tx.commit()?;
@@ -626,4 +633,85 @@ fn read_attempt(r: &Row<'_>) -> Result<Attempt> {
         response_excerpt: r.get(9)?,
         next_attempt_at: r.get::<_, Option<i64>>(10)?.map(from_ms).transpose()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{CloudEvent, Webhooks};
+
+    use super::*;
+
+    fn notification(id: &str) -> Notification {
+        let webhooks = Webhooks::from_toml(
+            "[[webhooks]]\nid = \"w\"\nevents = [\"bank.*\"]\nurl = \"https://example.com/h\"\nbody = '{\"id\": {{json id}}}'\n",
+        )
+        .unwrap();
+        let event = CloudEvent::from_value(serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "/t", "type": "bank.x"
+        }))
+        .unwrap();
+        webhooks.notifications(&event, Utc::now()).remove(0)
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// One group commit holding a bad append between two good ones: the bad
+    /// one fails alone and leaves nothing behind; the others are committed.
+    #[test]
+    fn a_bad_append_in_a_group_fails_alone() {
+        let dir = std::env::temp_dir().join(format!("herald-sqlite-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conn = open_writer(&SqliteConfig::new(dir.join("t.db"))).unwrap();
+        let (a, b) = (notification("a"), notification("b"));
+        // An attempt for a notification that was never stored, after a
+        // valid attempt in the same append: both must be rolled back.
+        let stranger = notification("stranger");
+        let attempt = |n: &Notification| Attempt {
+            notification_id: n.id,
+            attempt_id: uuid::Uuid::now_v7(),
+            attempt_no: 1,
+            trigger: herald_core::Trigger::Auto,
+            started_at: Utc::now(),
+            duration_ms: 1,
+            outcome: herald_core::Outcome::Success,
+            http_status: Some(200),
+            error: None,
+            response_excerpt: None,
+            next_attempt_at: None,
+        };
+        let (t1, _r1) = oneshot::channel();
+        let (t2, _r2) = oneshot::channel();
+        let (t3, _r3) = oneshot::channel();
+        let group = [
+            WriteOp::Notifications(vec![a.clone()], t1),
+            WriteOp::Attempts(vec![attempt(&a), attempt(&stranger)], t2),
+            WriteOp::Notifications(vec![b], t3),
+        ];
+        let results = apply_group(&mut conn, &group).unwrap();
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(results[1], Err(StoreError::NotFound(id)) if id == stranger.id),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok());
+        assert_eq!(count(&conn, "notifications"), 2);
+        assert_eq!(
+            count(&conn, "attempts"),
+            0,
+            "the failed append left nothing"
+        );
+        let status: String = conn
+            .query_row(
+                "SELECT status FROM notification_state WHERE notification_id = ?1",
+                [a.id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(status, "pending");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

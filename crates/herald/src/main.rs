@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use herald::ops::{self, ApiClient};
-use herald::{demo, standalone};
+use herald::{api, demo, standalone};
 use herald_core::{CloudEvent, HeaderValue, Tiers, Webhooks};
 use herald_delivery::EnvAndFileSecrets;
 use herald_kafka::KafkaConfig;
@@ -18,6 +18,7 @@ use herald_kafka::topics::{self, TopicSettings};
 use herald_store::cql::{self, Replication};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
 #[command(
@@ -54,8 +55,10 @@ enum Command {
     },
     /// Run the delivery service: delivery, retry-tier and resend topics to
     /// webhook receivers (section `[delivery]`). Scale by starting more.
+    /// With `[api] tokens` set it also serves the notification API.
     Delivery {
-        /// Configuration file (TOML); `HERALD_DELIVERY__*` variables override it.
+        /// Configuration file (TOML); `HERALD_DELIVERY__*` and `HERALD_API__*`
+        /// variables override it.
         #[arg(long, short, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -185,6 +188,9 @@ struct FileConfig {
     ingest: herald_ingest::IngestConfig,
     #[serde(default)]
     delivery: herald_delivery::DeliveryConfig,
+    /// The notification API of Kafka mode, served by `herald delivery`.
+    #[serde(default)]
+    api: api::ApiConfig,
 }
 
 /// Exit codes scripts can rely on.
@@ -219,13 +225,20 @@ fn main() -> ExitCode {
                 let webhooks = load_webhooks(&file.delivery.webhooks)?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
-                herald_delivery::service::run(
+                let api_tasks = TaskTracker::new();
+                api::start_kafka(&file.api, &file.delivery, shutdown.clone(), &api_tasks).await?;
+                let worker = herald_delivery::service::run(
                     file.delivery,
                     webhooks,
                     Arc::new(EnvAndFileSecrets),
-                    shutdown,
+                    shutdown.clone(),
                 )
-                .await?;
+                .await;
+                // The worker may stop on its own (an error): the API stops too.
+                shutdown.cancel();
+                api_tasks.close();
+                api_tasks.wait().await;
+                worker?;
                 Ok(())
             }
             Command::Template(TemplateCommand::Check { webhooks }) => {
@@ -398,7 +411,7 @@ fn load_config(config: Option<&Path>) -> anyhow::Result<FileConfig> {
             // HERALD_CONFIG, ...) belong to commands, not to this file.
             Env::prefixed("HERALD_")
                 .filter(|k| {
-                    ["standalone__", "ingest__", "delivery__"]
+                    ["standalone__", "ingest__", "delivery__", "api__"]
                         .iter()
                         .any(|s| k.as_str().to_ascii_lowercase().starts_with(s))
                 })

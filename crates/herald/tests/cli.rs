@@ -353,7 +353,9 @@ fn free_port() -> u16 {
 
 /// Kafka mode through the binary: `herald ingest` and `herald delivery` as
 /// two processes, configured by environment, carry an event from the input
-/// topic to a receiver; SIGTERM stops both cleanly.
+/// topic to a receiver; the delivery process serves the notification API,
+/// through which `herald history` and `herald resend` work; SIGTERM stops
+/// both cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_delivery_run_from_the_cli() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -439,16 +441,23 @@ async fn ingest_and_delivery_run_from_the_cli() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         for (k, v) in extra {
-            cmd.env(format!("HERALD_{upper}__{k}"), v);
+            if k.starts_with("HERALD_") {
+                cmd.env(k, v);
+            } else {
+                cmd.env(format!("HERALD_{upper}__{k}"), v);
+            }
         }
         cmd.spawn().expect("spawn herald service")
     };
     let ingest = spawn("ingest", &[("INPUT_TOPICS", format!("[\"{input}\"]"))]);
+    let api_port = free_port();
     let delivery = spawn(
         "delivery",
         &[
             ("SSRF_ALLOW", "[\"127.0.0.0/8\"]".into()),
             ("TIERS", "[\"1s\",\"5s\"]".into()),
+            ("HERALD_API__LISTEN", format!("127.0.0.1:{api_port}")),
+            ("HERALD_API__TOKENS", "[\"kafka-token\"]".into()),
         ],
     );
 
@@ -467,6 +476,76 @@ async fn ingest_and_delivery_run_from_the_cli() {
 
     let got = rx.wait_for(1, Duration::from_secs(60)).await;
     assert_eq!(got[0].body.as_ref(), br#"{"loan": "LN-7"}"#);
+
+    // The delivery process's API: history from Cassandra, once the attempt
+    // is recorded.
+    let api: &'static str = Box::leak(format!("http://127.0.0.1:{api_port}").into_boxed_str());
+    let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "kafka-token")];
+    let history = move || herald(&["history", "--webhook", "loans", "--json"], &env);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let o = tokio::task::spawn_blocking(history).await.unwrap();
+        let out = stdout(&o);
+        if let Some(line) = out.lines().next() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            if line["state"]["status"] == "delivered" {
+                break line;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recorded as delivered: {out} {}",
+            stderr(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(line["state"]["attempts"], 1);
+    let id = line["notification"]["id"].as_str().unwrap().to_owned();
+
+    // Re-send by id, then in bulk: both go through the resend topic and the
+    // delivery worker sends the stored bytes under the same webhook-id.
+    let o = tokio::task::spawn_blocking(move || herald(&["resend", &id], &env))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "queued 1 re-send(s)");
+    let o = tokio::task::spawn_blocking(move || {
+        herald(
+            &["resend", "--webhook", "loans", "--status", "delivered"],
+            &env,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "queued 1 re-send(s)");
+    let got = rx.wait_for(3, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 3, "one delivery and two re-sends");
+    for r in &got {
+        assert_eq!(r.body, got[0].body, "a re-send carries the stored bytes");
+        assert_eq!(r.header("webhook-id"), got[0].header("webhook-id"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = tokio::task::spawn_blocking(history).await.unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+        if line["state"]["attempts"] == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "re-sends never recorded: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without a valid token the API refuses, and nothing was queued.
+    let bad = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "wrong")];
+    let o = tokio::task::spawn_blocking(move || herald(&["resend", "--webhook", "loans"], &bad))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("http 401"), "{}", stderr(&o));
 
     for mut child in [ingest, delivery] {
         let ok = Command::new("kill")

@@ -160,6 +160,14 @@ pub(super) fn create(
             config.stats_interval_ms.to_string(),
         );
     }
+    // A partition resumed at its head's due time is fetched in the next
+    // fetch request, which waits for the one in flight: with librdkafka's
+    // 500 ms long poll, a retry was up to half a second late per head, and
+    // heads queued behind each other. 50 ms costs an idle worker about 20
+    // small fetch requests a second per broker.
+    if !config.kafka.client.contains_key("fetch.wait.max.ms") {
+        cc.set("fetch.wait.max.ms", "50");
+    }
     StreamConsumer::from_config_and_context(
         &cc,
         Context {

@@ -1,7 +1,6 @@
 //! Standalone mode: ingest and delivery in one process on embedded SQLite.
 //! No Kafka, no ScyllaDB. Events arrive by `POST /v1/events`.
 
-pub mod api;
 pub mod engine;
 pub mod metrics;
 
@@ -14,14 +13,13 @@ use herald_core::{SecretSource, Tiers, Webhooks};
 use herald_delivery::{Deliverer, HttpSender, SenderConfig, SsrfGuard};
 use herald_store::StoreLimits;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
+
+use crate::api;
 
 pub use engine::Engine;
 
@@ -73,7 +71,7 @@ fn default_tiers() -> Vec<String> {
     ["10s", "1m", "10m", "1h", "6h"].map(String::from).to_vec()
 }
 fn default_max_request() -> usize {
-    4 * 1024 * 1024
+    api::default_max_request()
 }
 
 impl Default for StandaloneConfig {
@@ -140,36 +138,11 @@ pub async fn start(
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(api::ApiState {
-        engine: engine.clone(),
+        backend: api::Backend::Standalone(engine.clone()),
         tokens: config.api_tokens.clone(),
         max_request_bytes: config.max_request_bytes,
     });
-    let conns = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                },
-            };
-            let state = state.clone();
-            let shutdown = shutdown.clone();
-            conns.spawn(async move {
-                let service = service_fn(move |req| api::handle(state.clone(), req));
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = shutdown.cancelled() => {}
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            });
-        }
-    });
+    api::spawn(listener, state, shutdown, &tracker);
     info!(%addr, database = %config.database.display(), "standalone herald listening");
     Ok(Running {
         addr,

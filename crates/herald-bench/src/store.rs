@@ -1,0 +1,127 @@
+//! The `store` scenario: sustained writes of each store adapter, without
+//! HTTP or Kafka in the way. Writers append batches of fresh notifications
+//! and then one attempt for each (what a delivered notification costs the
+//! store), concurrently, for the phase.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use herald_core::{Attempt, CloudEvent, Outcome, Trigger, Webhooks};
+use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
+use herald_store::sqlite::{SqliteConfig, SqliteStore};
+use herald_store::{NotificationStore, StoreLimits};
+use uuid::Uuid;
+
+use crate::Opts;
+use crate::pipeline::event;
+
+/// Notifications per append, as ingest batches them.
+const BATCH: usize = 100;
+/// Concurrent writers.
+const WRITERS: usize = 16;
+
+pub struct Figures {
+    pub adapter: &'static str,
+    pub notifications_per_s: f64,
+    pub attempts_per_s: f64,
+}
+
+pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figures>> {
+    let mut out = Vec::new();
+    let dir = std::env::temp_dir().join(format!("herald-bench-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sqlite = SqliteStore::open(
+        SqliteConfig::new(dir.join("herald.db")),
+        StoreLimits::default(),
+    )
+    .await?;
+    out.push(measure("sqlite", Arc::new(sqlite), opts.phase()).await?);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let keyspace = format!("bench_store_{}", std::process::id());
+    let config = CqlConfig::new(vec!["127.0.0.1:9042".into()], keyspace.clone());
+    let session = connect_session(&config).await?;
+    migrate(
+        &session,
+        &keyspace,
+        &Replication::Simple {
+            replication_factor: 1,
+        },
+    )
+    .await?;
+    let cql = CqlStore::connect(&config, StoreLimits::default()).await?;
+    out.push(measure("cql (cassandra)", Arc::new(cql), opts.phase()).await?);
+    session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
+        .await?;
+    Ok(out)
+}
+
+async fn measure(
+    adapter: &'static str,
+    store: Arc<dyn NotificationStore>,
+    phase: Duration,
+) -> anyhow::Result<Figures> {
+    let webhooks = Arc::new(
+        Webhooks::from_toml(
+            "[[webhooks]]\nid = \"bench\"\nevents = [\"bank.*\"]\nurl = \"https://receiver.example/hook\"\nbody = '{\"id\": {{json id}}, \"amount\": \"{{money data.amount_minor data.currency}}\"}'\n",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let (notifications, attempts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let deadline = Instant::now() + phase;
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, webhooks) = (store.clone(), webhooks.clone());
+            let (notifications, attempts) = (notifications.clone(), attempts.clone());
+            tokio::spawn(async move {
+                for round in 0u64.. {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let now = Utc::now();
+                    let batch: Vec<_> = (0..BATCH as u64)
+                        .flat_map(|i| {
+                            let id = format!("{adapter}-{w}-{round}-{i}");
+                            let e = CloudEvent::from_value(event(&id, i)).expect("bench event");
+                            webhooks.notifications(&e, now)
+                        })
+                        .collect();
+                    store.append_notifications(&batch).await?;
+                    notifications.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    let done: Vec<Attempt> = batch
+                        .iter()
+                        .map(|n| Attempt {
+                            notification_id: n.id,
+                            attempt_id: Uuid::now_v7(),
+                            attempt_no: 1,
+                            trigger: Trigger::Auto,
+                            started_at: now,
+                            duration_ms: 3,
+                            outcome: Outcome::Success,
+                            http_status: Some(200),
+                            error: None,
+                            response_excerpt: Some("ok".into()),
+                            next_attempt_at: None,
+                        })
+                        .collect();
+                    store.append_attempts(&done).await?;
+                    attempts.fetch_add(done.len() as u64, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        adapter,
+        notifications_per_s: notifications.load(Ordering::Relaxed) as f64 / elapsed,
+        attempts_per_s: attempts.load(Ordering::Relaxed) as f64 / elapsed,
+    })
+}

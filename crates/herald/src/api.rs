@@ -1,0 +1,591 @@
+//! The notification API (bearer-token auth) with `/healthz` and `/readyz`,
+//! served by standalone mode (which adds `POST /v1/events` and `/metrics`)
+//! and, in Kafka mode, by `herald delivery` when `[api] tokens` are set.
+//! Errors are JSON of one stable shape:
+//! `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! The routes are the same in both modes; only where a re-send goes differs
+//! ([`Backend`]): standalone queues it in the local engine, Kafka mode
+//! produces a [`ResendCommand`] to the resend topic for the delivery workers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use herald_core::{NotificationId, ResendCommand, Status};
+use herald_delivery::DeliveryConfig;
+use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
+use herald_kafka::Topics;
+use herald_store::cql::CqlStore;
+use herald_store::{ListQuery, NotificationStore, Page, StoreError, StoreLimits, TimeRange};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::standalone::engine::{AcceptError, Engine};
+
+/// Section `[api]`: the notification API of Kafka mode, served by every
+/// `herald delivery` process (or `HERALD_API__*` environment variables).
+/// Standalone mode configures its API in `[standalone]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Accepted bearer tokens. Empty: the API is not served.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8081".parse().expect("static address")
+}
+pub(crate) fn default_max_request() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl ApiConfig {
+    /// The configured tokens, or `None` when the API is off (no token).
+    pub fn enabled_tokens(&self) -> Option<Vec<String>> {
+        let tokens: Vec<String> = self
+            .tokens
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .cloned()
+            .collect();
+        (!tokens.is_empty()).then_some(tokens)
+    }
+}
+
+/// Where the API reads notifications and sends re-sends.
+pub enum Backend {
+    /// Standalone: events are accepted here and re-sends are queued in the
+    /// local engine.
+    Standalone(Engine),
+    /// Kafka mode: reads from the notification store; re-sends are produced
+    /// to the resend topic and carried out by the delivery workers.
+    Kafka {
+        store: Arc<dyn NotificationStore>,
+        producer: FutureProducer,
+        topics: Topics,
+    },
+}
+
+impl Backend {
+    fn store(&self) -> &dyn NotificationStore {
+        match self {
+            Backend::Standalone(engine) => engine.store().as_ref(),
+            Backend::Kafka { store, .. } => store.as_ref(),
+        }
+    }
+
+    /// Queue a re-send of the stored request. `false`: no such notification,
+    /// or it was never rendered (nothing to send).
+    async fn resend(&self, id: NotificationId) -> Result<bool, ApiError> {
+        match self {
+            Backend::Standalone(engine) => engine.resend(id).await.map_err(ApiError::store),
+            Backend::Kafka {
+                store,
+                producer,
+                topics,
+            } => {
+                let sendable = store
+                    .get(id)
+                    .await
+                    .map_err(ApiError::store)?
+                    .is_some_and(|r| r.notification.request().is_some());
+                if !sendable {
+                    return Ok(false);
+                }
+                let cmd = ResendCommand {
+                    notification_id: id,
+                    reason: "api".into(),
+                    requested_by: "api".into(),
+                };
+                publish_resend(producer, topics, &cmd)
+                    .await
+                    .map_err(ApiError::broker)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Queue a re-send of every notification `f` selects (status default
+    /// `failed`). Returns how many were queued.
+    async fn bulk_resend(&self, mut f: Filter) -> Result<u64, ApiError> {
+        let status = f.status.unwrap_or(Status::Failed);
+        match self {
+            Backend::Standalone(engine) => {
+                let mut queued = 0u64;
+                loop {
+                    let q = ListQuery::new(f.webhook.clone(), f.range, 500)
+                        .with_status(status)
+                        .with_cursor(f.cursor.take());
+                    let page = engine.store().list(&q).await.map_err(ApiError::store)?;
+                    for item in &page.items {
+                        if engine
+                            .resend(item.notification.id)
+                            .await
+                            .map_err(ApiError::store)?
+                        {
+                            queued += 1;
+                        }
+                    }
+                    match page.next_cursor {
+                        Some(c) => f.cursor = Some(c),
+                        None => return Ok(queued),
+                    }
+                }
+            }
+            Backend::Kafka {
+                store,
+                producer,
+                topics,
+            } => {
+                let request = BulkResend {
+                    webhook_id: f.webhook,
+                    range: f.range,
+                    status: Some(status),
+                    reason: "api bulk re-send".into(),
+                    requested_by: "api".into(),
+                };
+                publish_bulk_resend(store.as_ref(), producer, topics, &request)
+                    .await
+                    .map(|n| n as u64)
+                    .map_err(ApiError::broker)
+            }
+        }
+    }
+}
+
+/// What the API needs.
+pub struct ApiState {
+    pub backend: Backend,
+    /// Accepted bearer tokens; never empty (checked at start-up).
+    pub tokens: Vec<String>,
+    /// Largest accepted request body.
+    pub max_request_bytes: usize,
+}
+
+/// Kafka mode: serve the API next to a delivery worker, reading the same
+/// store and producing re-sends to the resend topic of `delivery`'s Kafka.
+/// Returns the bound address, or `None` when no token is configured (the API
+/// is then off; it never runs without authentication).
+pub async fn start_kafka(
+    config: &ApiConfig,
+    delivery: &DeliveryConfig,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(tokens) = config.enabled_tokens() else {
+        info!("notification API off: set api.tokens (HERALD_API__TOKENS) to serve it");
+        return Ok(None);
+    };
+    let store = CqlStore::connect(&delivery.cql, StoreLimits::default())
+        .await
+        .context("api: connecting to the notification store")?;
+    let producer: FutureProducer = delivery
+        .kafka
+        .producer_config()
+        .create()
+        .context("api: creating the resend producer")?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("api: binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(ApiState {
+        backend: Backend::Kafka {
+            store: Arc::new(store),
+            producer,
+            topics: Topics::new(&delivery.kafka),
+        },
+        tokens,
+        max_request_bytes: config.max_request_bytes,
+    });
+    spawn(listener, state, shutdown, tracker);
+    info!(%addr, "notification API listening");
+    Ok(Some(addr))
+}
+
+/// Serve the API on `listener` until `shutdown` fires; connections finish
+/// their current request. Every task is tracked by `tracker`.
+pub fn spawn(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                },
+            };
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            conns.spawn(async move {
+                let service = service_fn(move |req| handle(state.clone(), req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = shutdown.cancelled() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+}
+
+type Resp = Response<Full<Bytes>>;
+
+pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["readyz"]) => text(StatusCode::OK, "ready"),
+        (&Method::GET, ["metrics"]) => match &state.backend {
+            Backend::Standalone(engine) => text(StatusCode::OK, &engine.metrics.render()),
+            // Kafka mode: the service's own listener serves /metrics.
+            Backend::Kafka { .. } => not_found(&req),
+        },
+        (_, ["v1", ..]) if !authorized(&state, &req) => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        ),
+        (&Method::POST, ["v1", "events"]) => events(&state, req).await,
+        (&Method::GET, ["v1", "notifications"]) => {
+            list(&state, req.uri().query().unwrap_or("")).await
+        }
+        (&Method::POST, ["v1", "notifications", "resend"]) => bulk_resend(&state, req).await,
+        (&Method::GET, ["v1", "notifications", id]) => get(&state, id).await,
+        (&Method::POST, ["v1", "notifications", id, "resend"]) => resend(&state, id).await,
+        _ => not_found(&req),
+    };
+    Ok(resp)
+}
+
+fn not_found(req: &Request<Incoming>) -> Resp {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+fn authorized(state: &ApiState, req: &Request<Incoming>) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Compare every token in full so timing does not reveal a prefix.
+    state.tokens.iter().fold(false, |ok, t| {
+        ok | constant_time_eq(t.as_bytes(), given.as_bytes())
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_json(state: &ApiState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = Limited::new(req.into_body(), state.max_request_bytes)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body over {} bytes", state.max_request_bytes),
+            )
+        })?;
+    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not JSON: {e}"),
+        )
+    })
+}
+
+async fn events(state: &ApiState, req: Request<Incoming>) -> Resp {
+    let Backend::Standalone(engine) = &state.backend else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "in Kafka mode events are consumed from the input topics: produce them there",
+        );
+    };
+    let value = match read_json(state, req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let batch = match value {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    let count = batch.len();
+    match engine.accept(batch).await {
+        Ok(ids) => json_resp(
+            StatusCode::ACCEPTED,
+            json!({ "accepted": count, "notifications": ids }),
+        ),
+        Err(e @ AcceptError::Invalid { .. }) => {
+            error(StatusCode::BAD_REQUEST, "invalid_event", &e.to_string())
+        }
+        Err(e @ AcceptError::Store(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+        ),
+    }
+}
+
+fn parse_id(id: &str) -> Result<NotificationId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a notification id (a UUID)"),
+        )
+    })
+}
+
+async fn get(state: &ApiState, id: &str) -> Resp {
+    let id = match parse_id(id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    match state.backend.store().get(id).await {
+        Ok(Some(r)) => json_resp(
+            StatusCode::OK,
+            json!({ "notification": r.notification, "state": r.state, "attempts": r.attempts }),
+        ),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no notification {id}"),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn resend(state: &ApiState, id: &str) -> Resp {
+    let id = match parse_id(id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    match state.backend.resend(id).await {
+        Ok(true) => json_resp(StatusCode::ACCEPTED, json!({ "queued": 1 })),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no sendable notification {id}"),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Query parameters shared by listing and bulk re-send.
+struct Filter {
+    webhook: String,
+    status: Option<Status>,
+    range: TimeRange,
+    limit: u32,
+    cursor: Option<String>,
+}
+
+fn filter(params: &[(String, String)]) -> Result<Filter, ApiError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, "invalid_query", msg);
+    let time = |k: &str, default: DateTime<Utc>| match get(k) {
+        None => Ok(default),
+        Some(v) => DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| bad(format!("{k}={v:?} is not an RFC 3339 time: {e}"))),
+    };
+    let webhook = get("webhook")
+        .ok_or_else(|| bad("webhook is required".into()))?
+        .to_owned();
+    let status = match get("status") {
+        None => None,
+        Some(s) => Some(s.parse::<Status>().map_err(bad)?),
+    };
+    let now = Utc::now();
+    let range = TimeRange::new(
+        time("from", now - chrono::Duration::days(7))?,
+        time("to", now + chrono::Duration::seconds(1))?,
+    );
+    let limit = match get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse()
+            .map_err(|_| bad(format!("limit={l:?} is not a number")))?,
+    };
+    Ok(Filter {
+        webhook,
+        status,
+        range,
+        limit,
+        cursor: get("cursor").map(str::to_owned),
+    })
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn list(state: &ApiState, query: &str) -> Resp {
+    let f = match filter(&query_pairs(query)) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let mut q = ListQuery::new(f.webhook, f.range, f.limit).with_cursor(f.cursor);
+    if let Some(s) = f.status {
+        q = q.with_status(s);
+    }
+    match state.backend.store().list(&q).await {
+        Ok(page) => json_resp(StatusCode::OK, page_json(&page)),
+        Err(e) if !e.is_retriable() => {
+            error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+        ),
+    }
+}
+
+pub fn page_json(page: &Page) -> Value {
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|i| json!({ "notification": i.notification, "state": i.state }))
+        .collect();
+    json!({ "items": items, "next_cursor": page.next_cursor })
+}
+
+/// `POST /v1/notifications/resend` with a JSON body `{"webhook", "status"
+/// (default "failed"), "from", "to"}`: queues every match, page by page.
+async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
+    let body = match read_json(state, req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let params: Vec<(String, String)> = body
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let f = match filter(&params) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    match state.backend.bulk_resend(f).await {
+        Ok(queued) => json_resp(StatusCode::ACCEPTED, json!({ "queued": queued })),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json_resp(status: StatusCode, value: Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// An error answer, before it becomes a response.
+struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    fn store(e: StoreError) -> Self {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    }
+
+    fn broker(e: herald_delivery::service::Error) -> Self {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            e.to_string(),
+        )
+    }
+
+    fn into_response(self) -> Resp {
+        error(self.0, self.1, &self.2)
+    }
+}
+
+pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    json_resp(
+        status,
+        json!({ "error": { "code": code, "message": message } }),
+    )
+}
