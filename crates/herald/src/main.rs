@@ -142,7 +142,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create every Herald topic (deliveries, retry tiers, resend, dead
-    /// letters, ingest DLQ) that does not exist yet. Idempotent.
+    /// letters, ingest DLQ, circuits) that does not exist yet. Idempotent.
     Create {
         #[arg(long, env = "HERALD_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
