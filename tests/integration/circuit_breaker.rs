@@ -427,7 +427,8 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
         webhook(
             "dead",
             &dead.url("/dead"),
-            "failure_threshold = 3\ncooldown = \"5s\"",
+            // The window still holds the healthy phase's successes.
+            "failure_threshold = 3\nfailure_ratio = 0.005\ncooldown = \"5s\"",
         ),
         webhook("live", &live.url("/live"), ""),
     ]);
@@ -436,16 +437,23 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
     config.max_in_flight_per_webhook = 16;
     let service = start(config, &hooks).await;
 
-    // Baseline: the live webhook alone.
+    // Baselines: the live webhook alone, then next to a healthy neighbour
+    // (the same number of jobs as below).
     let live_only =
         Webhooks::from_toml(&definitions(&[webhook("live", &live.url("/live"), "")])).unwrap();
     const N: usize = 400;
     w.ingest(&live_only, N, "base").await;
-    let baseline = rate(&live.wait_for(N, Duration::from_secs(120)).await);
+    let alone = rate(&live.wait_for(N, Duration::from_secs(120)).await);
+    dead.set_default(Reply::ok());
+    w.ingest(&webhooks, N, "healthy").await;
+    let got = live.wait_for(2 * N, Duration::from_secs(120)).await;
+    let healthy = rate(&got[N..]);
+    dead.wait_for(N, Duration::from_secs(120)).await;
 
     // Open the dead webhook's circuit.
+    dead.set_default(Reply::status(503));
     w.ingest(&webhooks, 5, "warm").await;
-    live.wait_for(N + 5, Duration::from_secs(60)).await;
+    live.wait_for(2 * N + 5, Duration::from_secs(60)).await;
     eventually("the circuit opened", Duration::from_secs(30), async || {
         (service.circuits.state("dead") == Some(CircuitState::Open)).then_some(())
     })
@@ -454,12 +462,13 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
     // Both webhooks' jobs share every partition.
     let phase = SystemTime::now();
     let both = w.ingest(&webhooks, N, "both").await;
-    let got = live.wait_for(2 * N + 5, Duration::from_secs(120)).await;
-    let with_open = rate(&got[N + 5..]);
+    let got = live.wait_for(3 * N + 5, Duration::from_secs(120)).await;
+    let with_open = rate(&got[2 * N + 5..]);
     let dead_during = dead.received().iter().filter(|r| r.at > phase).count();
     eprintln!(
-        "live webhook: {baseline:.0}/s alone, {with_open:.0}/s next to an open circuit \
-         ({N} each); the dead endpoint got {dead_during} requests meanwhile"
+        "live webhook: {alone:.0}/s alone, {healthy:.0}/s next to a healthy webhook, \
+         {with_open:.0}/s next to an open circuit ({N} each); the dead endpoint got \
+         {dead_during} requests meanwhile"
     );
     service.stop().await;
 

@@ -524,6 +524,18 @@ impl Circuits {
         self.breakers.get(webhook_id).map(Breaker::state)
     }
 
+    /// The end of the cool-down when the circuit is open and it has not
+    /// ended yet: a read-only check, so a job can be parked before it
+    /// queues for its webhook's concurrency slot. [`Circuits::admit`] stays
+    /// the authority.
+    pub fn open_until(&self, webhook_id: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let b = self.breakers.get(webhook_id)?;
+        match (b.config.enabled, b.state, b.until) {
+            (true, CircuitState::Open, Some(until)) if now < until => Some(until),
+            _ => None,
+        }
+    }
+
     /// Every circuit, by webhook id.
     pub fn views(&self) -> Vec<CircuitView> {
         self.breakers
@@ -599,6 +611,9 @@ mod tests {
             assert_eq!(c.admit("a", t(at)), Admission::Park { until: t(5_200) });
         }
         assert!(c.take_changes().is_empty(), "parking changes nothing");
+        assert_eq!(c.open_until("a", t(300)), Some(t(5_200)));
+        assert_eq!(c.open_until("a", t(5_200)), None, "cool-down over");
+        assert_eq!(c.open_until("b", t(300)), None);
         // Another webhook is unaffected.
         assert_eq!(c.admit("b", t(300)), Admission::Send);
         assert_eq!(c.state("b"), Some(CircuitState::Closed));

@@ -58,6 +58,11 @@ impl CircuitBoard {
         self.lock().admit(webhook_id, Utc::now())
     }
 
+    /// The end of the cool-down if the circuit is open (read-only).
+    pub(super) fn open_until(&self, webhook_id: &str) -> Option<chrono::DateTime<Utc>> {
+        self.lock().open_until(webhook_id, Utc::now())
+    }
+
     /// Report an attempt admitted by [`CircuitBoard::admit`].
     pub(super) fn record(&self, webhook_id: &str, outcome: Outcome, took: Duration, probe: bool) {
         self.lock()

@@ -278,6 +278,10 @@ async fn attempt(
     due_at: DateTime<Utc>,
     gated: bool,
 ) -> Attempted {
+    // An open circuit parks at once, without queueing for a slot.
+    if gated && let Some(until) = shared.circuits.open_until(plan.webhook_id) {
+        return Attempted::Parked { until };
+    }
     // Held only around the request: a slow webhook queues its own jobs here
     // while other webhooks' jobs go straight through.
     let permit = match shared.webhook_slots.get(plan.webhook_id) {
