@@ -2,6 +2,7 @@
 //! callers pass in file contents, secrets (through [`SecretSource`]), the
 //! current time and randomness.
 
+pub mod circuit;
 pub mod duration;
 pub mod event;
 pub mod model;
@@ -11,6 +12,7 @@ pub mod secret;
 pub mod signing;
 pub mod webhook;
 
+pub use circuit::{Admission, CircuitChange, CircuitConfig, CircuitState, Circuits};
 pub use event::{CloudEvent, EventData, EventError};
 pub use model::{
     Attempt, DeliveryJob, HeaderValue, Method, Notification, NotificationContent, NotificationId,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::circuit::CircuitConfig;
 use crate::duration::{format_duration, parse_duration};
 use crate::event::CloudEvent;
 use crate::model::{
@@ -96,6 +97,40 @@ struct RawDefaults {
     max_body_bytes: Option<usize>,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    circuit: RawCircuit,
+}
+
+/// `[defaults.circuit]` and `[webhooks.circuit]`: the circuit breaker.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCircuit {
+    enabled: Option<bool>,
+    window: Option<String>,
+    failure_threshold: Option<u32>,
+    failure_ratio: Option<f64>,
+    /// A duration, or `"off"`.
+    slow_threshold: Option<String>,
+    cooldown: Option<String>,
+    half_open_probes: Option<u32>,
+}
+
+impl RawCircuit {
+    /// `self` with unset fields taken from `base`.
+    fn over(&self, base: &RawCircuit) -> RawCircuit {
+        RawCircuit {
+            enabled: self.enabled.or(base.enabled),
+            window: self.window.clone().or_else(|| base.window.clone()),
+            failure_threshold: self.failure_threshold.or(base.failure_threshold),
+            failure_ratio: self.failure_ratio.or(base.failure_ratio),
+            slow_threshold: self
+                .slow_threshold
+                .clone()
+                .or_else(|| base.slow_threshold.clone()),
+            cooldown: self.cooldown.clone().or_else(|| base.cooldown.clone()),
+            half_open_probes: self.half_open_probes.or(base.half_open_probes),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -158,6 +193,8 @@ struct RawWebhook {
     signing_secrets: Vec<String>,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    circuit: RawCircuit,
 }
 
 fn yes() -> bool {
@@ -235,6 +272,9 @@ pub struct Webhook {
     pub timeout: Duration,
     pub max_body_bytes: usize,
     pub retry: RetryPolicy,
+    /// The endpoint's circuit breaker. Not part of `template_hash`: it
+    /// changes when a request is sent, never what is sent.
+    pub circuit: CircuitConfig,
     /// Names of entries in `[secrets]`; all of them sign each request.
     pub signing_secrets: Vec<String>,
     /// sha256 (hex) of the canonical form of the resolved definition.
@@ -568,6 +608,13 @@ impl Loader {
         } else {
             RawRetry::default()
         };
+        let before = self.errors.len();
+        self.circuit("defaults.circuit", &defaults.circuit);
+        let circuit_base = if self.errors.len() == before {
+            defaults.circuit.clone()
+        } else {
+            RawCircuit::default()
+        };
 
         for name in raw.secrets.keys() {
             if !valid_name(name) {
@@ -613,6 +660,7 @@ impl Loader {
                 default_max_body,
             );
             let retry = self.retry(&format!("{at}.retry"), &w.retry.over(&retry_base));
+            let circuit = self.circuit(&format!("{at}.circuit"), &w.circuit.over(&circuit_base));
             let matcher = self.globs(&at, &w.events);
             let filter = self.filter(&at, &w.filter);
             let method = match w.method.as_deref().unwrap_or("POST").parse::<Method>() {
@@ -664,6 +712,7 @@ impl Loader {
                 timeout,
                 max_body_bytes,
                 retry,
+                circuit,
                 signing_secrets: w.signing_secrets,
             };
             self.compile(&mut engines, &at, &webhook);
@@ -790,6 +839,53 @@ impl Loader {
             },
             max_attempts,
             max_age,
+        }
+    }
+
+    fn circuit(&mut self, at: &str, raw: &RawCircuit) -> CircuitConfig {
+        let d = CircuitConfig::default();
+        let window = self.duration(&format!("{at}.window"), raw.window.as_deref(), d.window);
+        if window.is_zero() {
+            self.error(format!("{at}.window"), "must be more than 0s");
+        }
+        let cooldown = self.duration(
+            &format!("{at}.cooldown"),
+            raw.cooldown.as_deref(),
+            d.cooldown,
+        );
+        if cooldown.is_zero() {
+            self.error(format!("{at}.cooldown"), "must be more than 0s");
+        }
+        let failure_threshold = raw.failure_threshold.unwrap_or(d.failure_threshold);
+        if failure_threshold == 0 {
+            self.error(format!("{at}.failure_threshold"), "must be at least 1");
+        }
+        let failure_ratio = raw.failure_ratio.unwrap_or(d.failure_ratio);
+        if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+            self.error(
+                format!("{at}.failure_ratio"),
+                "must be more than 0 and at most 1",
+            );
+        }
+        let half_open_probes = raw.half_open_probes.unwrap_or(d.half_open_probes);
+        if half_open_probes == 0 {
+            self.error(format!("{at}.half_open_probes"), "must be at least 1");
+        }
+        let slow_threshold = match raw.slow_threshold.as_deref() {
+            None | Some("off") => None,
+            Some(v) => {
+                let t = self.duration(&format!("{at}.slow_threshold"), Some(v), Duration::ZERO);
+                (!t.is_zero()).then_some(t)
+            }
+        };
+        CircuitConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            window,
+            failure_threshold,
+            failure_ratio,
+            slow_threshold,
+            cooldown,
+            half_open_probes,
         }
     }
 
@@ -1118,6 +1214,73 @@ X-Tenant = "{{tenant}}"
                     name: "X-Tenant".into(),
                     value: HeaderValue::Text("acme".into())
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn circuit_settings_have_defaults_and_inherit_from_defaults() {
+        let set = Webhooks::from_toml(MINIMAL).unwrap();
+        assert_eq!(set.get("crm").unwrap().circuit, CircuitConfig::default());
+        let toml = r#"
+[defaults.circuit]
+cooldown = "2m"
+slow_threshold = "3s"
+
+[[webhooks]]
+id = "a"
+events = ["x"]
+url = "https://a.example/"
+body = "{}"
+[webhooks.circuit]
+failure_threshold = 4
+failure_ratio = 0.25
+half_open_probes = 2
+
+[[webhooks]]
+id = "b"
+events = ["x"]
+url = "https://b.example/"
+body = "{}"
+circuit = { enabled = false, slow_threshold = "off" }
+"#;
+        let set = Webhooks::from_toml(toml).unwrap();
+        let a = &set.get("a").unwrap().circuit;
+        assert_eq!(
+            *a,
+            CircuitConfig {
+                failure_threshold: 4,
+                failure_ratio: 0.25,
+                half_open_probes: 2,
+                cooldown: Duration::from_secs(120),
+                slow_threshold: Some(Duration::from_secs(3)),
+                ..CircuitConfig::default()
+            }
+        );
+        let b = &set.get("b").unwrap().circuit;
+        assert!(!b.enabled);
+        assert_eq!(b.slow_threshold, None);
+        assert_eq!(b.cooldown, Duration::from_secs(120));
+        let errs = errors(
+            r#"
+[defaults.circuit]
+window = "0s"
+[[webhooks]]
+id = "a"
+events = ["x"]
+url = "https://a.example/"
+body = "{}"
+circuit = { failure_ratio = 1.5, failure_threshold = 0, half_open_probes = 0, cooldown = "1x" }
+"#,
+        );
+        assert_eq!(
+            errs,
+            [
+                "defaults.circuit.window: must be more than 0s",
+                "webhooks.a.circuit.cooldown: invalid duration \"1x\": unknown unit \"x\" (expected ms, s, m, h or d)",
+                "webhooks.a.circuit.failure_threshold: must be at least 1",
+                "webhooks.a.circuit.failure_ratio: must be more than 0 and at most 1",
+                "webhooks.a.circuit.half_open_probes: must be at least 1",
             ]
         );
     }

@@ -46,6 +46,12 @@ impl Topics {
         format!("{}herald.ingest.dlq", self.prefix)
     }
 
+    /// Circuit-breaker state changes, compacted (key: webhook id): every
+    /// delivery worker reads it from the start and follows the others.
+    pub fn circuits(&self) -> String {
+        format!("{}herald.circuits", self.prefix)
+    }
+
     /// The tier name of a retry topic, if `topic` is one.
     pub fn tier_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
         topic
@@ -148,6 +154,18 @@ pub async fn create_all(
             .set("retention.ms", retention)
         })
         .collect();
+    // One partition: the changes of all webhooks in one order, read whole by
+    // every worker. Compaction keeps the latest state per webhook for ever.
+    let circuits = topics.circuits();
+    let mut new = new;
+    new.push(
+        NewTopic::new(
+            &circuits,
+            1,
+            TopicReplication::Fixed(settings.replication_factor),
+        )
+        .set("cleanup.policy", "compact"),
+    );
     let results = admin.create_topics(&new, &AdminOptions::new()).await?;
     let mut created = Vec::new();
     for r in results {

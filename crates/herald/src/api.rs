@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use herald_core::{NotificationId, ResendCommand, Status};
 use herald_delivery::DeliveryConfig;
 use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
-use herald_kafka::Topics;
+use herald_kafka::{KafkaConfig, Topics};
 use herald_store::cql::CqlStore;
 use herald_store::{ListQuery, NotificationStore, Page, StoreError, StoreLimits, TimeRange};
 use http_body_util::{BodyExt, Full, Limited};
@@ -91,6 +91,8 @@ pub enum Backend {
         store: Arc<dyn NotificationStore>,
         producer: FutureProducer,
         topics: Topics,
+        /// For the circuits topic (read whole, or a forced close produced).
+        kafka: KafkaConfig,
     },
 }
 
@@ -111,6 +113,7 @@ impl Backend {
                 store,
                 producer,
                 topics,
+                ..
             } => {
                 let sendable = store
                     .get(id)
@@ -164,6 +167,7 @@ impl Backend {
                 store,
                 producer,
                 topics,
+                ..
             } => {
                 let request = BulkResend {
                     webhook_id: f.webhook,
@@ -221,6 +225,7 @@ pub async fn start_kafka(
             store: Arc::new(store),
             producer,
             topics: Topics::new(&delivery.kafka),
+            kafka: delivery.kafka.clone(),
         },
         tokens,
         max_request_bytes: config.max_request_bytes,
@@ -291,6 +296,10 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
         (&Method::POST, ["v1", "notifications", "resend"]) => bulk_resend(&state, req).await,
         (&Method::GET, ["v1", "notifications", id]) => get(&state, id).await,
         (&Method::POST, ["v1", "notifications", id, "resend"]) => resend(&state, id).await,
+        (&Method::GET, ["v1", "circuits"]) => circuits(&state).await,
+        (&Method::POST, ["v1", "circuits", webhook, "close"]) => {
+            close_circuit(&state, webhook).await
+        }
         _ => not_found(&req),
     };
     Ok(resp)
@@ -556,6 +565,66 @@ fn text(status: StatusCode, body: &str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp
+}
+
+/// Every webhook's circuit breaker. Standalone: the engine's breakers, with
+/// their current window and settings. Kafka mode: the latest state change
+/// of each webhook on the compacted circuits topic, i.e. what every worker
+/// follows (webhooks never opened are closed and not listed; an `open`
+/// whose `until` has passed is being probed).
+async fn circuits(state: &ApiState) -> Resp {
+    match &state.backend {
+        Backend::Standalone(engine) => {
+            json_resp(StatusCode::OK, json!({ "circuits": engine.circuits() }))
+        }
+        Backend::Kafka { kafka, .. } => {
+            match herald_delivery::service::read_circuits(kafka, std::time::Duration::from_secs(10))
+                .await
+            {
+                Ok(changes) => json_resp(StatusCode::OK, json!({ "circuits": changes })),
+                Err(e) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    &e.to_string(),
+                ),
+            }
+        }
+    }
+}
+
+/// Force a webhook's circuit closed (on every worker in Kafka mode).
+async fn close_circuit(state: &ApiState, webhook: &str) -> Resp {
+    match &state.backend {
+        Backend::Standalone(engine) => match engine.force_close_circuit(webhook, "api") {
+            Some(change) => json_resp(StatusCode::OK, json!({ "change": change })),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no webhook {webhook:?}"),
+            ),
+        },
+        Backend::Kafka { kafka, .. } => {
+            if !webhook
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || webhook.is_empty()
+            {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no webhook {webhook:?}"),
+                );
+            }
+            match herald_delivery::service::force_close_circuit(kafka, webhook, "api").await {
+                Ok(change) => json_resp(StatusCode::OK, json!({ "change": change })),
+                Err(e) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    &e.to_string(),
+                ),
+            }
+        }
+    }
 }
 
 /// An error answer, before it becomes a response.

@@ -84,6 +84,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show every webhook's circuit breaker (which are open, since when and
+    /// why), or force one closed with --close.
+    Circuits {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Force this webhook's circuit closed (every worker follows).
+        #[arg(long)]
+        close: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the CQL schema (schemas/cql) to ScyllaDB or Cassandra. Idempotent.
     Migrate {
         /// `host:port` of a node; repeat or comma-separate for several.
@@ -130,7 +142,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create every Herald topic (deliveries, retry tiers, resend, dead
-    /// letters, ingest DLQ) that does not exist yet. Idempotent.
+    /// letters, ingest DLQ, circuits) that does not exist yet. Idempotent.
     Create {
         #[arg(long, env = "HERALD_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
@@ -320,6 +332,13 @@ fn main() -> ExitCode {
                     until: until.as_deref(),
                 };
                 ops::history(&ApiClient::new(&api.api, &api.token), &filter, json).await
+            }
+            Command::Circuits { api, close, json } => {
+                let client = ApiClient::new(&api.api, &api.token);
+                match close {
+                    Some(webhook) => ops::close_circuit(&client, &webhook).await,
+                    None => ops::circuits(&client, json).await,
+                }
             }
             Command::Resend {
                 api,

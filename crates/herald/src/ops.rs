@@ -123,6 +123,49 @@ pub async fn history(api: &ApiClient, filter: &Filter<'_>, as_json: bool) -> any
     }
 }
 
+/// Print every circuit: webhook, state, since, until, who changed it and why.
+pub async fn circuits(api: &ApiClient, as_json: bool) -> anyhow::Result<()> {
+    let answer = api.call("GET", "/v1/circuits", None).await?;
+    let items = answer["circuits"]
+        .as_array()
+        .context("an answer has circuits")?;
+    if as_json {
+        for c in items {
+            println!("{c}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<10} {:<32} {:<32} {:<24} reason",
+        "webhook", "state", "since", "until", "changed by"
+    );
+    for c in items {
+        println!(
+            "{:<24} {:<10} {:<32} {:<32} {:<24} {}",
+            c["webhook_id"].as_str().unwrap_or(""),
+            c["state"].as_str().unwrap_or(""),
+            c["since"].as_str().unwrap_or(""),
+            c["until"].as_str().unwrap_or("-"),
+            c["changed_by"].as_str().unwrap_or(""),
+            c["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// Force a webhook's circuit closed.
+pub async fn close_circuit(api: &ApiClient, webhook: &str) -> anyhow::Result<()> {
+    let enc = percent_encoding::utf8_percent_encode(webhook, percent_encoding::NON_ALPHANUMERIC);
+    let answer = api
+        .call("POST", &format!("/v1/circuits/{enc}/close"), None)
+        .await?;
+    println!(
+        "circuit of {webhook} closed at {}",
+        answer["change"]["since"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
 /// Re-send notifications by id; returns how many were queued.
 pub async fn resend_ids(api: &ApiClient, ids: &[String]) -> anyhow::Result<u64> {
     for id in ids {

@@ -38,7 +38,14 @@ fn stderr(o: &Output) -> String {
 fn help_lists_every_command() {
     let o = herald(&["--help"], &[]);
     assert!(o.status.success());
-    for cmd in ["demo", "standalone", "template", "history", "resend"] {
+    for cmd in [
+        "demo",
+        "standalone",
+        "template",
+        "history",
+        "resend",
+        "circuits",
+    ] {
         assert!(
             stdout(&o).contains(cmd),
             "--help lacks {cmd}: {}",
@@ -232,6 +239,84 @@ async fn history_and_resend_through_the_api() {
     running.wait().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuits_are_listed_and_closed_through_the_api() {
+    let rx = TestReceiver::start().await;
+    rx.set_default(Reply::status(503));
+    let defs = format!(
+        "[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{}}'\n[webhooks.circuit]\nfailure_threshold = 1\ncooldown = \"1h\"\n",
+        rx.url("/cards")
+    );
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli_circuits"));
+    let config = StandaloneConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("herald.db"),
+        api_tokens: vec!["cli-token".into()],
+        ssrf_allow: vec!["127.0.0.0/8".into()],
+        ..StandaloneConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = standalone::start(
+        config,
+        Webhooks::from_toml(&defs).unwrap(),
+        Arc::new(HashMap::<herald_core::SecretRef, String>::new()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
+    running.engine.accept(vec![event]).await.unwrap();
+    let api: &'static str = Box::leak(format!("http://{}", running.addr).into_boxed_str());
+    let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
+    let json = move || {
+        let o = herald(&["circuits", "--json"], &env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(stdout(&o).lines().next().unwrap()).unwrap()
+    };
+
+    // One failure opens the circuit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = tokio::task::spawn_blocking(json).await.unwrap();
+        if c["state"] == "open" {
+            assert_eq!(c["webhook_id"], "cards");
+            assert!(c["until"].is_string(), "{c}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never opened: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = tokio::task::spawn_blocking(move || herald(&["circuits"], &env))
+        .await
+        .unwrap();
+    let table = stdout(&o);
+    assert!(table.contains("cards") && table.contains("open"), "{table}");
+
+    let o = tokio::task::spawn_blocking(move || herald(&["circuits", "--close", "cards"], &env))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("circuit of cards closed at"),
+        "{}",
+        stdout(&o)
+    );
+    let c = tokio::task::spawn_blocking(json).await.unwrap();
+    assert_eq!(
+        (c["state"].as_str(), c["changed_by"].as_str()),
+        (Some("closed"), Some("operator:api"))
+    );
+    // An unknown webhook: exit 1 and the API's 404.
+    let o = tokio::task::spawn_blocking(move || herald(&["circuits", "--close", "nope"], &env))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("http 404"), "{}", stderr(&o));
+
+    shutdown.cancel();
+    running.wait().await;
+}
+
 #[test]
 fn migrate_applies_the_cql_schema_idempotently() {
     let Some(node) = herald_tests::cql_node("cli migrate") else {
@@ -297,7 +382,7 @@ fn topics_create_makes_every_herald_topic_once() {
     let o = herald(&args, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).starts_with("created 6 topic(s)"),
+        stdout(&o).starts_with("created 7 topic(s)"),
         "{}",
         stdout(&o)
     );
@@ -323,19 +408,22 @@ fn topics_create_makes_every_herald_topic_once() {
         })
         .collect();
     ours.sort();
+    // The circuits topic is compacted and has one partition (every worker
+    // reads all of it).
     let expected = [
-        "herald.dead",
-        "herald.deliveries",
-        "herald.ingest.dlq",
-        "herald.resend",
-        "herald.retry.1m",
-        "herald.retry.5s",
+        ("herald.circuits", 1),
+        ("herald.dead", 3),
+        ("herald.deliveries", 3),
+        ("herald.ingest.dlq", 3),
+        ("herald.resend", 3),
+        ("herald.retry.1m", 3),
+        ("herald.retry.5s", 3),
     ];
     assert_eq!(
         ours,
         expected
             .iter()
-            .map(|t| (t.to_string(), 3))
+            .map(|(t, p)| (t.to_string(), *p))
             .collect::<Vec<_>>()
     );
 }
@@ -536,6 +624,25 @@ async fn ingest_and_delivery_run_from_the_cli() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Circuits: closing one goes through the shared circuits topic, and the
+    // listing reads it back.
+    let o = tokio::task::spawn_blocking(move || herald(&["circuits", "--close", "loans"], &env))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tokio::task::spawn_blocking(move || herald(&["circuits", "--json"], &env))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            c["webhook_id"].as_str(),
+            c["state"].as_str(),
+            c["changed_by"].as_str()
+        ),
+        (Some("loans"), Some("closed"), Some("operator:api"))
+    );
     // Without a valid token the API refuses, and nothing was queued.
     let bad = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "wrong")];
     let o = tokio::task::spawn_blocking(move || herald(&["resend", "--webhook", "loans"], &bad))

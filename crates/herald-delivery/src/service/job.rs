@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::{Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Trigger, Webhooks};
+use herald_core::{
+    Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Tiers, Trigger, Webhooks,
+};
 use herald_kafka::{Topics, headers};
 use herald_store::NotificationStore;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -16,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
+use super::circuit::{self, CircuitBoard};
 use super::metrics::{Metrics, status_class};
 use crate::{AttemptPlan, AttemptResult, Deliverer};
 
@@ -29,17 +32,22 @@ pub(super) struct Shared {
     pub(super) producer: FutureProducer,
     pub(super) topics: Topics,
     pub(super) metrics: Metrics,
+    pub(super) circuits: CircuitBoard,
+    tiers: Tiers,
     /// One semaphore per defined webhook: its concurrent requests.
     webhook_slots: HashMap<String, Arc<Semaphore>>,
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         deliverer: Deliverer,
         store: Arc<dyn NotificationStore>,
         producer: FutureProducer,
         topics: Topics,
         metrics: Metrics,
+        circuits: CircuitBoard,
+        tiers: Tiers,
         webhooks: &Webhooks,
         per_webhook: usize,
     ) -> Self {
@@ -53,6 +61,8 @@ impl Shared {
             producer,
             topics,
             metrics,
+            circuits,
+            tiers,
             webhook_slots,
         }
     }
@@ -118,19 +128,18 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
 
 /// Attempt a delivery job, record it and publish its next hop.
 async fn deliver(shared: &Shared, job: &DeliveryJob) {
-    let result = attempt(
-        shared,
-        &AttemptPlan {
-            notification_id: job.notification_id,
-            webhook_id: &job.webhook_id,
-            attempt_no: job.attempt,
-            trigger: job.trigger,
-            first_failure_at: job.first_failure_at,
-            request: &job.request,
-        },
-        job.due_at,
-    )
-    .await;
+    let plan = AttemptPlan {
+        notification_id: job.notification_id,
+        webhook_id: &job.webhook_id,
+        attempt_no: job.attempt,
+        trigger: job.trigger,
+        first_failure_at: job.first_failure_at,
+        request: &job.request,
+    };
+    let result = match attempt(shared, &plan, job.due_at, true).await {
+        Attempted::Done(result) => result,
+        Attempted::Parked { until } => return park(shared, job, until).await,
+    };
     record(shared, &result.attempt).await;
     let a = &result.attempt;
     let label = shared.label(&job.webhook_id);
@@ -176,6 +185,30 @@ async fn deliver(shared: &Shared, job: &DeliveryJob) {
     }
 }
 
+/// Park a job whose webhook's circuit is open: republish it unchanged to
+/// the retry tier that fits, due at the end of the cool-down. The attempt
+/// number stays; the first failure moves forward by the time parked, so
+/// parking does not count against the retry age limit either.
+async fn park(shared: &Shared, job: &DeliveryJob, until: DateTime<Utc>) {
+    let now = Utc::now();
+    let parked_for = (until - now).max(chrono::Duration::zero());
+    let next = DeliveryJob {
+        due_at: until,
+        first_failure_at: job.first_failure_at.map(|f| f + parked_for),
+        ..job.clone()
+    };
+    let tier = shared
+        .tiers
+        .for_delay(parked_for.to_std().unwrap_or_default());
+    publish_job(shared, &shared.topics.retry(&tier.name), &next, None).await;
+    shared
+        .metrics
+        .parked
+        .with_label_values(&[shared.label(&job.webhook_id)])
+        .inc();
+    debug!(webhook = %job.webhook_id, notification = %job.notification_id, attempt = job.attempt, until = %until, tier = %tier.name, "circuit open: job parked");
+}
+
 /// A manual re-send of the stored request: one attempt, no next hop.
 async fn resend(shared: &Shared, cmd: &ResendCommand) {
     let id = cmd.notification_id;
@@ -195,19 +228,18 @@ async fn resend(shared: &Shared, cmd: &ResendCommand) {
         return;
     };
     let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
-    let result = attempt(
-        shared,
-        &AttemptPlan {
-            notification_id: id,
-            webhook_id: &record.notification.webhook_id,
-            attempt_no,
-            trigger: Trigger::Manual,
-            first_failure_at: None,
-            request,
-        },
-        Utc::now(),
-    )
-    .await;
+    let plan = AttemptPlan {
+        notification_id: id,
+        webhook_id: &record.notification.webhook_id,
+        attempt_no,
+        trigger: Trigger::Manual,
+        first_failure_at: None,
+        request,
+    };
+    // An operator's explicit re-send goes through an open circuit.
+    let Attempted::Done(result) = attempt(shared, &plan, Utc::now(), false).await else {
+        unreachable!("ungated attempts are never parked");
+    };
     record_attempt_and_log_resend(shared, cmd, &result).await;
 }
 
@@ -229,14 +261,45 @@ async fn record_attempt_and_log_resend(
     );
 }
 
-/// One attempt, within the webhook's concurrency limit.
-async fn attempt(shared: &Shared, plan: &AttemptPlan<'_>, due_at: DateTime<Utc>) -> AttemptResult {
+/// What became of an attempt.
+enum Attempted {
+    Done(AttemptResult),
+    /// Not made: the webhook's circuit is open until then.
+    Parked {
+        until: DateTime<Utc>,
+    },
+}
+
+/// One attempt, within the webhook's concurrency limit and, when `gated`,
+/// its circuit breaker.
+async fn attempt(
+    shared: &Shared,
+    plan: &AttemptPlan<'_>,
+    due_at: DateTime<Utc>,
+    gated: bool,
+) -> Attempted {
+    // An open circuit parks at once, without queueing for a slot.
+    if gated && let Some(until) = shared.circuits.open_until(plan.webhook_id) {
+        return Attempted::Parked { until };
+    }
     // Held only around the request: a slow webhook queues its own jobs here
     // while other webhooks' jobs go straight through.
     let permit = match shared.webhook_slots.get(plan.webhook_id) {
         Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
         None => None,
     };
+    // Asked after the slot is ours: the circuit may have opened while this
+    // job queued for it.
+    let admission = if gated {
+        shared.circuits.admit(plan.webhook_id)
+    } else {
+        Admission::Send
+    };
+    if let Admission::Park { until } = admission {
+        drop(permit);
+        publish_circuit_changes(shared).await;
+        return Attempted::Parked { until };
+    }
     let late = (Utc::now() - due_at).to_std().unwrap_or(Duration::ZERO);
     shared
         .metrics
@@ -244,8 +307,21 @@ async fn attempt(shared: &Shared, plan: &AttemptPlan<'_>, due_at: DateTime<Utc>)
         .with_label_values(&[plan.trigger.as_str()])
         .observe(late.as_secs_f64());
     let result = shared.deliverer.attempt(plan).await;
-    drop(permit);
     let a = &result.attempt;
+    if gated {
+        // Before the slot is released: the next job of this webhook must
+        // see the state this result leads to.
+        shared.circuits.record(
+            plan.webhook_id,
+            a.outcome,
+            Duration::from_millis(a.duration_ms.into()),
+            admission == Admission::Probe,
+        );
+    }
+    drop(permit);
+    if gated {
+        publish_circuit_changes(shared).await;
+    }
     let label = shared.label(plan.webhook_id);
     shared
         .metrics
@@ -260,7 +336,19 @@ async fn attempt(shared: &Shared, plan: &AttemptPlan<'_>, due_at: DateTime<Utc>)
     if a.outcome == Outcome::Refused {
         debug!(webhook = %plan.webhook_id, notification = %plan.notification_id, error = a.error.as_deref().unwrap_or(""), "attempt refused before sending");
     }
-    result
+    Attempted::Done(result)
+}
+
+/// Log, count and share this worker's circuit state changes.
+async fn publish_circuit_changes(shared: &Shared) {
+    let changes = shared.circuits.take_changes();
+    if changes.is_empty() {
+        return;
+    }
+    let topic = shared.topics.circuits();
+    for change in &changes {
+        circuit::publish(&shared.producer, &topic, change).await;
+    }
 }
 
 /// Record an attempt, retrying while the store is unavailable: an attempt

@@ -34,6 +34,14 @@ pub struct Metrics {
     pub waiting_partitions: IntGauge,
     /// Consumer lag (high watermark minus committed offset), by topic.
     pub consumer_lag: IntGaugeVec,
+    /// Circuit state by webhook: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// Circuit state changes, by webhook, new state and source (`local`:
+    /// decided here; `remote`: followed from another worker or an operator).
+    pub circuit_changes: IntCounterVec,
+    /// Jobs parked (not attempted, attempt number unchanged) because their
+    /// webhook's circuit was open, by webhook.
+    pub parked: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +83,16 @@ impl Metrics {
             "herald_delivery_retried_operations_total",
             "Store writes or Kafka publishes that failed transiently and were retried.",
             &["operation"],
+        );
+        let circuit_changes = counter(
+            "herald_delivery_circuit_changes_total",
+            "Circuit breaker state changes, by webhook, new state and source (local or remote).",
+            &["webhook", "state", "source"],
+        );
+        let parked = counter(
+            "herald_delivery_parked_total",
+            "Jobs parked to the end of a cool-down because their webhook's circuit was open, by webhook.",
+            &["webhook"],
         );
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
@@ -126,8 +144,22 @@ impl Metrics {
         registry
             .register(Box::new(consumer_lag.clone()))
             .expect("unique metric");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "herald_delivery_circuit_state",
+                "Circuit breaker state by webhook, as this worker sees it: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(circuit_state.clone()))
+            .expect("unique metric");
         Self {
             registry,
+            circuit_state,
+            circuit_changes,
+            parked,
             attempts,
             attempt_duration,
             start_delay,

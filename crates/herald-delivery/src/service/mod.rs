@@ -10,7 +10,9 @@
 //!   (pause + seek + timed resume) and the in-flight bounds.
 //! - `job`: one message's work, from attempt to durable next hop.
 //! - `resend`: publishing resend commands, one or in bulk.
+//! - `circuit`: the per-webhook circuit breakers and how workers share them.
 
+mod circuit;
 mod consumer;
 mod http;
 mod job;
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use circuit::{CircuitBoard, force_close as force_close_circuit, read_all as read_circuits};
 pub use metrics::Metrics;
 pub use resend::{BulkResend, publish_bulk_resend, publish_resend};
 
@@ -84,6 +87,10 @@ pub struct DeliveryConfig {
     /// How often consumer statistics (lag per topic) are refreshed.
     #[serde(default = "default_stats_interval_ms")]
     pub stats_interval_ms: u64,
+    /// This worker's name in the circuit state changes it publishes. Default:
+    /// `delivery-` and a random suffix, new at every start.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 fn default_group_id() -> String {
@@ -163,6 +170,7 @@ pub struct DeliveryService {
     listener: TcpListener,
     consumer: StreamConsumer<consumer::Context>,
     shared: Arc<job::Shared>,
+    watcher: circuit::Watcher,
 }
 
 impl DeliveryService {
@@ -210,17 +218,26 @@ impl DeliveryService {
         let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         let listener = TcpListener::bind(config.listen).await?;
+        let instance = config.instance_id.clone().unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("delivery-{}", &id[..12])
+        });
+        let circuits = circuit::CircuitBoard::new(&instance, &webhooks, metrics.clone());
+        let watcher = circuit::Watcher::new(&config.kafka, &config.group_id, circuits.clone())?;
         let shared = Arc::new(job::Shared::new(
             deliverer,
             store,
             producer,
             topics,
             metrics,
+            circuits,
+            tiers,
             &webhooks,
             config.max_in_flight_per_webhook,
         ));
         info!(
             group = %config.group_id,
+            %instance,
             topics = ?subscribed,
             listen = %listener.local_addr()?,
             "delivery service connected"
@@ -230,6 +247,7 @@ impl DeliveryService {
             listener,
             consumer,
             shared,
+            watcher,
         })
     }
 
@@ -246,6 +264,11 @@ impl DeliveryService {
         &self.shared.metrics
     }
 
+    /// This worker's circuit breakers (a live handle).
+    pub fn circuits(&self) -> CircuitBoard {
+        self.shared.circuits.clone()
+    }
+
     /// Consume and deliver until `shutdown` fires; then stop consuming,
     /// drain in-flight attempts (up to `drain_timeout_ms`), commit, flush the
     /// producer and leave the group.
@@ -255,7 +278,13 @@ impl DeliveryService {
             listener,
             consumer,
             shared,
+            watcher,
         } = self;
+        // Know the circuits other workers opened before delivering anything.
+        watcher
+            .catch_up(&shared.topics.circuits(), Duration::from_secs(5))
+            .await;
+        let watching = watcher.run(shutdown.clone());
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let http = http::serve(
             listener,
@@ -265,7 +294,7 @@ impl DeliveryService {
         );
         let dispatch = consumer::Dispatcher::new(consumer, shared.clone(), &config)
             .run(shutdown.clone(), ready);
-        let (_, result) = tokio::join!(http, dispatch);
+        let (_, result, ()) = tokio::join!(http, dispatch, watching);
         let flushed = {
             let producer = shared.producer.clone();
             tokio::task::spawn_blocking(move || {

@@ -2,12 +2,21 @@
 //! notifications, and deliver them with delayed retries as timers in memory
 //! backed by due times in SQLite. A crash loses nothing: on start, every
 //! stored notification without an outcome is scheduled again.
+//!
+//! Each webhook has a circuit breaker ([`Circuits`]): while it is open, an
+//! attempt that comes due is not made; its due time moves to the end of the
+//! cool-down, with its attempt number unchanged. Breaker state lives in
+//! memory: after a restart every circuit starts closed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::{CloudEvent, Decision, Notification, NotificationId, Status, Trigger, Webhooks};
+use herald_core::circuit::CircuitView;
+use herald_core::{
+    Admission, CircuitChange, CircuitState, Circuits, CloudEvent, Decision, Notification,
+    NotificationId, Status, Trigger, Webhooks,
+};
 use herald_delivery::{AttemptPlan, AttemptResult, Deliverer};
 use herald_store::sqlite::SqliteStore;
 use herald_store::{NotificationStore, StoreError};
@@ -36,6 +45,7 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     schedule: mpsc::UnboundedSender<Work>,
     attempts: broadcast::Sender<(Arc<Notification>, AttemptResult)>,
+    circuits: Arc<Mutex<Circuits>>,
     pub(crate) metrics: Metrics,
 }
 
@@ -65,11 +75,19 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let (schedule, rx) = mpsc::unbounded_channel();
         let (attempts, _) = broadcast::channel(1024);
+        let circuits = Circuits::for_webhooks("standalone", &webhooks, Utc::now());
+        for v in circuits.views() {
+            metrics
+                .circuit_state
+                .with_label_values(&[&v.webhook_id])
+                .set(v.state.gauge());
+        }
         let engine = Self {
             store,
             webhooks,
             schedule,
             attempts,
+            circuits: Arc::new(Mutex::new(circuits)),
             metrics,
         };
         let runner = engine.clone();
@@ -90,6 +108,49 @@ impl Engine {
 
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
+    }
+
+    /// Every webhook's circuit, by webhook id.
+    pub fn circuits(&self) -> Vec<CircuitView> {
+        self.circuits.lock().expect("circuits lock").views()
+    }
+
+    /// Force a webhook's circuit closed. `None` for an unknown webhook.
+    pub fn force_close_circuit(&self, webhook_id: &str, by: &str) -> Option<CircuitChange> {
+        let change = self.circuits.lock().expect("circuits lock").force_close(
+            webhook_id,
+            Utc::now(),
+            &format!("operator:{by}"),
+        )?;
+        self.circuit_changes();
+        Some(change)
+    }
+
+    /// Log and count the circuit state changes made since the last call.
+    fn circuit_changes(&self) {
+        let changes = self.circuits.lock().expect("circuits lock").take_changes();
+        for c in changes {
+            self.metrics
+                .circuit_state
+                .with_label_values(&[&c.webhook_id])
+                .set(c.state.gauge());
+            self.metrics
+                .circuit_changes
+                .with_label_values(&[&c.webhook_id, c.state.as_str()])
+                .inc();
+            let until = c.until.map(|u| u.to_rfc3339()).unwrap_or_default();
+            match c.state {
+                CircuitState::Open => {
+                    warn!(webhook = %c.webhook_id, %until, reason = %c.reason, "circuit opened: deliveries to this webhook are parked")
+                }
+                CircuitState::HalfOpen => {
+                    info!(webhook = %c.webhook_id, reason = %c.reason, "circuit half-open: probing")
+                }
+                CircuitState::Closed => {
+                    info!(webhook = %c.webhook_id, changed_by = %c.changed_by, reason = %c.reason, "circuit closed: deliveries resume")
+                }
+            }
+        }
     }
 
     /// A feed of every attempt made, for the demo's live view.
@@ -262,6 +323,38 @@ impl Engine {
     async fn deliver(&self, deliverer: &Deliverer, work: Work) {
         let n = &work.notification;
         let Some(request) = n.request() else { return };
+        // A manual re-send is an operator's explicit request: it goes
+        // through an open circuit and says nothing about it.
+        let gated = work.trigger != Trigger::Manual;
+        let admission = if gated {
+            let a = self
+                .circuits
+                .lock()
+                .expect("circuits lock")
+                .admit(&n.webhook_id, Utc::now());
+            self.circuit_changes();
+            a
+        } else {
+            Admission::Send
+        };
+        if let Admission::Park { until } = admission {
+            // Same attempt, later; the first failure moves forward by the
+            // time parked so parking does not count against the age limit.
+            let parked_for = (until - Utc::now()).max(chrono::Duration::zero());
+            self.metrics
+                .parked
+                .with_label_values(&[&n.webhook_id])
+                .inc();
+            debug!(webhook = %n.webhook_id, notification = %n.id, attempt = work.attempt_no, %until, "circuit open: attempt parked");
+            self.enqueue(
+                work.notification.clone(),
+                work.attempt_no,
+                work.trigger,
+                work.first_failure_at.map(|f| f + parked_for),
+                until,
+            );
+            return;
+        }
         let plan = AttemptPlan {
             notification_id: n.id,
             webhook_id: &n.webhook_id,
@@ -271,6 +364,17 @@ impl Engine {
             request,
         };
         let result = deliverer.attempt(&plan).await;
+        let a = &result.attempt;
+        if gated {
+            self.circuits.lock().expect("circuits lock").record(
+                &n.webhook_id,
+                Utc::now(),
+                a.outcome,
+                Duration::from_millis(a.duration_ms.into()),
+                admission == Admission::Probe,
+            );
+            self.circuit_changes();
+        }
         self.record(&result).await;
         let a = &result.attempt;
         self.metrics

@@ -2,7 +2,8 @@
 //! cardinality: webhook id (bounded by configuration), outcome, status, tier.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -15,6 +16,13 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub exhausted: IntCounterVec,
     pub scheduled: IntGauge,
+    /// Circuit state by webhook: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// Circuit state changes, by webhook and new state.
+    pub circuit_changes: IntCounterVec,
+    /// Attempts parked (due time moved, attempt unchanged) because their
+    /// webhook's circuit was open, by webhook.
+    pub parked: IntCounterVec,
 }
 
 impl Metrics {
@@ -52,6 +60,27 @@ impl Metrics {
             "Notifications whose automatic retries are exhausted.",
             &["webhook"],
         );
+        let circuit_changes = counter(
+            "herald_circuit_changes_total",
+            "Circuit breaker state changes, by webhook and new state.",
+            &["webhook", "state"],
+        );
+        let parked = counter(
+            "herald_parked_total",
+            "Attempts parked to the end of a cool-down because their webhook's circuit was open.",
+            &["webhook"],
+        );
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "herald_circuit_state",
+                "Circuit breaker state by webhook: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(circuit_state.clone()))
+            .expect("unique metric");
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "herald_attempt_duration_seconds",
@@ -83,6 +112,9 @@ impl Metrics {
             retries,
             exhausted,
             scheduled,
+            circuit_state,
+            circuit_changes,
+            parked,
         }
     }
 
