@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::Opts;
-use crate::measure::{Percentiles, Receiver, busy_jiffies};
+use crate::measure::{Percentiles, Receiver, busy_jiffies, infra_pids, process_cpu_ms};
 use crate::pipeline::{Pipeline, event};
 
 /// Events per submission (one POST, or one round of produces).
@@ -26,6 +26,9 @@ const MAX_BACKLOG: u64 = 5_000;
 pub struct Figures {
     pub rate: f64,
     pub cpu_ms_per_delivery: f64,
+    /// CPU-ms per delivery of each process involved: Herald's, the bench
+    /// itself (load generator and receiver), and Kafka and Cassandra.
+    pub cpu_by_process: Vec<(String, f64)>,
     pub half_rate: f64,
     pub latency: Percentiles,
     pub rss: Vec<(&'static str, f64)>,
@@ -109,6 +112,19 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
 
     // Phase 1: sustained rate.
     let ignored = Accepted::default();
+    let mut processes: Vec<(String, u32)> = p
+        .pids()
+        .into_iter()
+        .map(|(r, pid)| (r.to_owned(), pid))
+        .collect();
+    processes.push(("bench (load + receiver)".into(), std::process::id()));
+    if p.name == "kafka" {
+        processes.extend(infra_pids());
+    }
+    let cpu_before: Vec<f64> = processes
+        .iter()
+        .map(|(_, pid)| process_cpu_ms(*pid).unwrap_or(f64::NAN))
+        .collect();
     let before = (busy_jiffies(), rx.count.load(Ordering::Relaxed));
     let started = Instant::now();
     drive(p, rx, &submitted, &ignored, opts.phase(), None, "s").await?;
@@ -117,6 +133,14 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
     let busy_ms = (busy_jiffies() - before.0) as f64 * 10.0;
     let rate = delivered as f64 / elapsed;
     let cpu_ms_per_delivery = busy_ms / delivered.max(1) as f64;
+    let cpu_by_process = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let used = process_cpu_ms(*pid).unwrap_or(f64::NAN) - before;
+            (name.clone(), used / delivered.max(1) as f64)
+        })
+        .collect();
 
     // Drain the backlog before measuring latency.
     let drain = Instant::now() + Duration::from_secs(180);
@@ -167,6 +191,7 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
     Ok(Figures {
         rate,
         cpu_ms_per_delivery,
+        cpu_by_process,
         half_rate,
         latency,
         rss: p.peak_rss_mb(),

@@ -120,6 +120,9 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
                 f.cpu_ms_per_delivery,
                 3,
             );
+            for (process, ms) in &f.cpu_by_process {
+                row(&format!("    of which {process}"), *ms, 3);
+            }
             for (role, mb) in &f.rss {
                 row(&format!("  {role} peak RSS (MB)"), *mb, 0);
             }
@@ -131,6 +134,7 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
             figures.insert(mode.into(), json!({
                 "deliveries_per_s": f.rate, "ratio_to_baseline": f.rate / base,
                 "cpu_ms_per_delivery": f.cpu_ms_per_delivery,
+                "cpu_ms_per_delivery_by_process": f.cpu_by_process.iter().map(|(p, ms)| (p.clone(), json!(ms))).collect::<Map<String, Value>>(),
                 "peak_rss_mb": f.rss.iter().map(|(r, mb)| (r.to_string(), json!(mb))).collect::<Map<String, Value>>(),
                 "latency_rate_per_s": f.half_rate, "p50_ms": f.latency.p50, "p95_ms": f.latency.p95,
                 "p99_ms": f.latency.p99, "max_ms": f.latency.max, "consumer_lag": f.lag,

@@ -36,6 +36,34 @@ pub fn busy_jiffies() -> u64 {
     [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum()
 }
 
+/// CPU time a process has used (user + system), in ms.
+pub fn process_cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces: state is
+    // field 3, utime 14 and stime 15 (in clock ticks of 10 ms).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// The Kafka and Cassandra processes `scripts/infra up` started, by name.
+pub fn infra_pids() -> Vec<(String, u32)> {
+    let home = std::env::var("HERALD_INFRA_HOME").unwrap_or_else(|_| {
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .unwrap_or_else(|_| format!("{}/.cache", std::env::var("HOME").unwrap_or_default()));
+        format!("{cache}/herald-infra")
+    });
+    ["kafka", "cassandra"]
+        .iter()
+        .filter_map(|name| {
+            let pid = std::fs::read_to_string(format!("{home}/{name}/run.pid")).ok()?;
+            Some((name.to_string(), pid.trim().parse().ok()?))
+        })
+        .filter(|(_, pid)| process_cpu_ms(*pid).is_some())
+        .collect()
+}
+
 /// Peak resident memory of a process (VmHWM), in MB.
 pub fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -274,8 +274,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Peak RSS of each Herald process, by role.
-    pub fn peak_rss_mb(&self) -> Vec<(&'static str, f64)> {
+    /// Each Herald process, by role.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
         let roles: &[&'static str] = if self.children.len() == 1 {
             &["herald"]
         } else {
@@ -284,7 +284,15 @@ impl Pipeline {
         roles
             .iter()
             .zip(&self.children)
-            .map(|(role, c)| (*role, crate::measure::peak_rss_mb(c.id())))
+            .map(|(role, c)| (*role, c.id()))
+            .collect()
+    }
+
+    /// Peak RSS of each Herald process, by role.
+    pub fn peak_rss_mb(&self) -> Vec<(&'static str, f64)> {
+        self.pids()
+            .into_iter()
+            .map(|(role, pid)| (role, crate::measure::peak_rss_mb(pid)))
             .collect()
     }
 
