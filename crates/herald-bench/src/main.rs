@@ -14,8 +14,8 @@
 //! - `all`: every scenario, one after the other (what `scripts/test` runs
 //!   with `--quick`).
 //!
-//! Phases last 30 s (`--quick`: 5 s); a full `all` run takes about six
-//! minutes, `--quick` about one and a half.
+//! Phases last 30 s (`--quick`: 5 s); a full `all` run takes about five
+//! minutes, `--quick` about one.
 
 mod e2e;
 mod measure;
