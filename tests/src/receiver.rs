@@ -185,13 +185,6 @@ async fn handle(
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
-    let reply = {
-        let mut s = script.lock().unwrap();
-        s.queue
-            .pop_front()
-            .or_else(|| s.default.clone())
-            .unwrap_or_else(Reply::ok)
-    };
     let record = Received {
         method: parts.method.to_string(),
         path: parts
@@ -212,10 +205,18 @@ async fn handle(
         body,
         at: SystemTime::now(),
     };
-    let len = {
+    // Choose the reply and record the request under one lock, so the n-th
+    // recorded request is the one that got the n-th scripted reply.
+    let (reply, len) = {
+        let mut s = script.lock().unwrap();
+        let reply = s
+            .queue
+            .pop_front()
+            .or_else(|| s.default.clone())
+            .unwrap_or_else(Reply::ok);
         let mut r = received.lock().unwrap();
         r.push(record);
-        r.len()
+        (reply, r.len())
     };
     // Never hold `received` while taking the watch's lock.
     count.send_replace(len);

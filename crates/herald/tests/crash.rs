@@ -47,8 +47,12 @@ fn spawn(dir: &std::path::Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_mid_load_loses_nothing() {
     let rx = TestReceiver::start().await;
-    // Slow enough that the kill lands with deliveries in flight.
-    rx.set_default(Reply::slow(200, Duration::from_millis(20)));
+    // The first 100 requests are answered; every later one hangs, so when the
+    // kill lands some notifications are delivered and others are in flight,
+    // unanswered, whatever the machine's speed.
+    const ANSWERED: usize = 100;
+    rx.push_replies((0..ANSWERED).map(|_| Reply::slow(200, Duration::from_millis(5))));
+    rx.set_default(Reply::slow(200, Duration::from_secs(300)));
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_crash"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -72,7 +76,6 @@ async fn kill_dash_nine_mid_load_loses_nothing() {
 
     let (mut child, addr) = spawn(&dir);
     let mut accepted: HashSet<String> = HashSet::new();
-    let mut killed = false;
     for batch in 0..40 {
         let events: Vec<Value> = (0..25)
             .map(|i| json!({"specversion": "1.0", "id": format!("e-{batch}-{i}"), "source": "/core", "type": "bank.deposit.posted"}))
@@ -86,63 +89,71 @@ async fn kill_dash_nine_mid_load_loses_nothing() {
                 Duration::from_secs(10),
             )
             .await;
-        if r.http_status == Some(202) {
-            let body: Value = serde_json::from_str(r.response_excerpt.as_deref().unwrap()).unwrap();
-            accepted.extend(
-                body["notifications"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_owned()),
-            );
-        }
-        if !killed && rx.received().len() >= 100 {
-            child.kill().expect("kill -9"); // SIGKILL: no shutdown hooks run
-            child.wait().unwrap();
-            killed = true;
+        assert_eq!(r.http_status, Some(202), "batch {batch}: {r:?}");
+        let body: Value = serde_json::from_str(r.response_excerpt.as_deref().unwrap()).unwrap();
+        accepted.extend(
+            body["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned()),
+        );
+        if rx.received().len() > ANSWERED {
             break;
         }
     }
-    assert!(
-        killed,
-        "the receiver never saw 100 deliveries before the events ran out"
-    );
+    // At least ten requests past the answered ones are hanging: the kill
+    // lands with deliveries in flight and events still to deliver.
+    rx.wait_for(ANSWERED + 10, Duration::from_secs(30)).await;
+    child.kill().expect("kill -9"); // SIGKILL: no shutdown hooks run
+    child.wait().unwrap();
     let before_restart = rx.received().len();
     assert!(
-        before_restart < accepted.len(),
-        "the kill must land before everything was delivered"
+        accepted.len() > ANSWERED,
+        "only {} notifications were acknowledged before the kill",
+        accepted.len()
     );
+    rx.set_default(Reply::ok());
 
-    // Restart on the same database: every acknowledged notification arrives.
+    // Restart on the same database. A notification counts as delivered
+    // when a request for it was answered 200: one of the first ANSWERED
+    // requests, or one that arrives after the restart. The hanging requests
+    // of the killed process were never answered.
     let (mut child, _addr) = spawn(&dir);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let arrivals = loop {
+        let received = rx.received();
         let mut per_id: HashMap<String, usize> = HashMap::new();
-        for r in rx.received() {
-            *per_id
-                .entry(r.header("webhook-id").unwrap().to_owned())
-                .or_default() += 1;
+        let mut delivered: HashSet<String> = HashSet::new();
+        for (i, r) in received.iter().enumerate() {
+            let id = r.header("webhook-id").unwrap().to_owned();
+            if i < ANSWERED || i >= before_restart {
+                delivered.insert(id.clone());
+            }
+            *per_id.entry(id).or_default() += 1;
         }
-        if accepted.iter().all(|id| per_id.contains_key(id)) {
+        if accepted.is_subset(&delivered) {
             break per_id;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "lost: {} of {} acknowledged notifications never arrived",
-            accepted
-                .iter()
-                .filter(|id| !per_id.contains_key(*id))
-                .count(),
+            "lost: {} of {} acknowledged notifications were never answered 200",
+            accepted.difference(&delivered).count(),
             accepted.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Requests that had arrived but were not yet answered when the process
-    // died are sent again: at least once, deduplicated by webhook-id.
+    let hung = before_restart - ANSWERED;
     let duplicates: usize = arrivals.values().map(|n| n - 1).sum();
     eprintln!(
-        "crash test: accepted={} delivered_before_kill={before_restart} lost=0 duplicates={duplicates}",
+        "crash test: accepted={} answered_before_kill={ANSWERED} hung_at_kill={hung} lost=0 duplicates={duplicates}",
         accepted.len()
+    );
+    // Every request that hung when the process died is sent again, so there
+    // are at least that many duplicates (receivers dedupe by webhook-id).
+    assert!(
+        duplicates >= hung,
+        "{hung} requests hung at the kill, only {duplicates} duplicates"
     );
     assert!(
         arrivals.keys().all(|id| accepted.contains(id)),
