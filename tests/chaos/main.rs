@@ -469,7 +469,48 @@ async fn reconcile(
             _ => report.lost += 1,
         }
     }
+    explain_duplicates(store, expected, &arrivals).await;
     report
+}
+
+/// With `HERALD_CHAOS_EXPLAIN=N`, print the recorded attempts of up to N
+/// notifications that a receiver answered 2xx more than once: the store's
+/// side of each duplicate, to tell a sender bug from an at-least-once redo.
+async fn explain_duplicates(
+    store: &dyn NotificationStore,
+    expected: &HashSet<NotificationId>,
+    arrivals: &HashMap<String, Arrivals>,
+) {
+    let Some(n) = std::env::var("HERALD_CHAOS_EXPLAIN")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let dups = expected
+        .iter()
+        .filter(|id| arrivals.get(&id.to_string()).is_some_and(|a| a.ok > 1));
+    for id in dups.take(n) {
+        let a = arrivals[&id.to_string()];
+        eprintln!(
+            "duplicate {id}: receiver saw {} requests, {} answered 2xx",
+            a.requests, a.ok
+        );
+        if let Ok(Some(rec)) = store.get(*id).await {
+            for at in &rec.attempts {
+                eprintln!(
+                    "  attempt {} {:?} at {} took {} ms: {:?} http={:?} error={:?}",
+                    at.attempt_no,
+                    at.trigger,
+                    at.started_at.format("%H:%M:%S%.3f"),
+                    at.duration_ms,
+                    at.outcome,
+                    at.http_status,
+                    at.error
+                );
+            }
+        }
+    }
 }
 
 async fn run_kafka(s: &Settings, name: &str, fault: Fault, failure_rate: f64) -> Result<Report> {

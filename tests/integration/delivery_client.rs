@@ -19,7 +19,8 @@ fn loopback_allowed() -> HttpSender {
     sender(SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap())
 }
 
-const SECOND: Duration = Duration::from_secs(1);
+/// Ample for a loopback answer on a loaded machine.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn outcomes_follow_what_the_receiver_did() {
@@ -42,7 +43,7 @@ async fn outcomes_follow_what_the_receiver_did() {
     let body = Bytes::from_static(br#"{"loan":"L-1"}"#);
 
     let ok = s
-        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), TIMEOUT)
         .await;
     assert_eq!(
         (ok.outcome, ok.http_status, ok.error.as_deref()),
@@ -50,13 +51,13 @@ async fn outcomes_follow_what_the_receiver_did() {
     );
 
     let e = s
-        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), TIMEOUT)
         .await;
     assert_eq!((e.outcome, e.http_status), (Outcome::HttpError, Some(503)));
     assert_eq!(e.error.as_deref(), Some("http 503"));
 
     let r = s
-        .send("POST", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .send("POST", &rx.url("/hook"), &headers, body.clone(), TIMEOUT)
         .await;
     assert_eq!((r.outcome, r.http_status), (Outcome::HttpError, Some(302)));
     assert!(
@@ -68,7 +69,7 @@ async fn outcomes_follow_what_the_receiver_did() {
     );
 
     let t = s
-        .send("PUT", &rx.url("/hook"), &headers, body.clone(), SECOND)
+        .send("PUT", &rx.url("/hook"), &headers, body.clone(), TIMEOUT)
         .await;
     assert_eq!(
         (t.outcome, t.retry_after.as_deref()),
@@ -86,8 +87,8 @@ async fn outcomes_follow_what_the_receiver_did() {
         .await;
     assert_eq!(slow.outcome, Outcome::Timeout, "{slow:?}");
     assert!(
-        slow.duration < Duration::from_secs(2),
-        "the timeout bounds the attempt: {slow:?}"
+        slow.duration < Duration::from_secs(5),
+        "the attempt ended before the receiver answered: {slow:?}"
     );
 
     // The receiver saw every request exactly once (no redirect followed), with
@@ -117,7 +118,7 @@ async fn refused_connections_and_bad_urls_are_classified() {
             &format!("http://127.0.0.1:{port}/"),
             &[],
             Bytes::new(),
-            SECOND,
+            TIMEOUT,
         )
         .await;
     assert_eq!(c.outcome, Outcome::ConnectionError, "{c:?}");
@@ -130,7 +131,7 @@ async fn refused_connections_and_bad_urls_are_classified() {
         ("ftp://example.com/x", "scheme must be http or https"),
         ("not a url", "invalid url"),
     ] {
-        let r = s.send("POST", url, &[], Bytes::new(), SECOND).await;
+        let r = s.send("POST", url, &[], Bytes::new(), TIMEOUT).await;
         assert_eq!(r.outcome, Outcome::Refused);
         assert!(r.error.as_deref().unwrap().contains(msg), "{r:?}");
     }
@@ -140,7 +141,7 @@ async fn refused_connections_and_bad_urls_are_classified() {
             "http://127.0.0.1:1/",
             &[("bad header".into(), "x".into())],
             Bytes::new(),
-            SECOND,
+            TIMEOUT,
         )
         .await;
     assert_eq!(
@@ -158,7 +159,7 @@ async fn ssrf_guard_refuses_internal_addresses_before_connecting() {
         format!("http://localhost:{}/by-name", rx.addr().port()),
     ] {
         let r = s
-            .send("POST", &url, &[], Bytes::from_static(b"{}"), SECOND)
+            .send("POST", &url, &[], Bytes::from_static(b"{}"), TIMEOUT)
             .await;
         assert_eq!(r.outcome, Outcome::Refused, "{url}: {r:?}");
         let err = r.error.unwrap();
@@ -169,7 +170,7 @@ async fn ssrf_guard_refuses_internal_addresses_before_connecting() {
     }
     // Nothing reached the receiver; an allow-listed sender gets through.
     let ok = loopback_allowed()
-        .send("POST", &rx.url("/allowed"), &[], Bytes::new(), SECOND)
+        .send("POST", &rx.url("/allowed"), &[], Bytes::new(), TIMEOUT)
         .await;
     assert_eq!(ok.outcome, Outcome::Success);
     let got = rx.received();

@@ -652,10 +652,11 @@ async fn a_slow_webhook_does_not_hold_up_the_others() {
         return;
     };
     let slow = TestReceiver::start().await;
-    slow.set_default(Reply::slow(200, Duration::from_secs(20)));
+    // Held far longer than the test runs: no slot of "slow" frees up.
+    slow.set_default(Reply::slow(200, Duration::from_secs(600)));
     let fast = TestReceiver::start().await;
     let toml = definitions(&[
-        webhook("slow", &slow.url("/h"), "30s", FAST_RETRY),
+        webhook("slow", &slow.url("/h"), "300s", FAST_RETRY),
         webhook("fast", &fast.url("/h"), "5s", FAST_RETRY),
     ]);
     let webhooks = Webhooks::from_toml(&toml).unwrap();
@@ -669,7 +670,8 @@ async fn a_slow_webhook_does_not_hold_up_the_others() {
     .await;
     w.ingest(&webhooks, 10, "slow").await;
     // All of "fast" arrives while "slow" has only its two slots in use.
-    fast.wait_for(10, Duration::from_secs(15)).await;
+    fast.wait_for(10, Duration::from_secs(60)).await;
+    slow.wait_for(2, Duration::from_secs(60)).await;
     assert_eq!(slow.received().len(), 2, "the webhook limit holds");
     svc.shutdown.cancel();
     // Draining waits for the slow requests (bounded by drain_timeout_ms);

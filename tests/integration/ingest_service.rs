@@ -493,15 +493,16 @@ async fn events_become_notifications_and_jobs_and_offsets_are_committed_on_shutd
     }
     assert_store_holds(&env, &expected).await;
 
-    let text = metrics(addr).await;
-    assert!(
-        text.contains("herald_ingest_render_failures_total{webhook=\"broken\"} 20"),
-        "{text}"
-    );
-    assert!(
-        text.contains("herald_ingest_events_total{outcome=\"unmatched\"} 20"),
-        "{text}"
-    );
+    // Counters are updated after the produce acks: poll, the jobs may be
+    // visible a moment before them.
+    eventually("render failures and unmatched events counted", || async {
+        let text = metrics(addr).await;
+        (text.contains("herald_ingest_render_failures_total{webhook=\"broken\"} 20")
+            && text.contains("herald_ingest_events_total{outcome=\"unmatched\"} 20"))
+        .then_some(())
+        .ok_or(text)
+    })
+    .await;
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task)
@@ -664,15 +665,14 @@ async fn bad_input_is_dead_lettered_or_recorded_and_the_partition_keeps_flowing(
     assert!(error(1).contains("above the limit"), "{}", error(1));
     assert!(error(2).contains("specversion"), "{}", error(2));
 
-    let text = metrics(addr).await;
-    assert!(
-        text.contains("herald_ingest_events_total{outcome=\"dead_lettered\"} 3"),
-        "{text}"
-    );
-    assert!(
-        text.contains("herald_ingest_render_failures_total{webhook=\"broken\"} 1"),
-        "{text}"
-    );
+    eventually("dead letters and render failures counted", || async {
+        let text = metrics(addr).await;
+        (text.contains("herald_ingest_events_total{outcome=\"dead_lettered\"} 3")
+            && text.contains("herald_ingest_render_failures_total{webhook=\"broken\"} 1"))
+        .then_some(())
+        .ok_or(text)
+    })
+    .await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
@@ -684,7 +684,10 @@ async fn a_killed_service_loses_nothing_after_a_restart() {
     };
     let events = mixed_events(1500);
     let inputs: Vec<Input> = events.iter().map(|(_, _, e)| e.clone()).collect();
-    env.produce(&inputs).await;
+    // A third of the events is produced only after the kill, so the kill
+    // lands before the end by construction, however fast the machine.
+    let (first, rest) = inputs.split_at(1000);
+    env.produce(first).await;
     let expected = expected(&events);
     let job_ids = with_jobs(&expected);
 
@@ -700,11 +703,8 @@ async fn a_killed_service_loses_nothing_after_a_restart() {
     task.abort();
     let _ = task.await;
     let done: i64 = env.end_offsets(&env.deliveries(), 3).iter().sum();
-    assert!(
-        (done as usize) < job_ids.len(),
-        "killed before the end ({done} of {} jobs)",
-        job_ids.len()
-    );
+    eprintln!("killed with {done} of {} jobs produced", job_ids.len());
+    env.produce(rest).await;
 
     let shutdown = CancellationToken::new();
     let (task, _) = env.start(&group, &shutdown).await;

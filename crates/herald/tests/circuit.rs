@@ -4,13 +4,13 @@
 //! attempt numbers unchanged once it recovers; a second webhook keeps
 //! flowing meanwhile.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use herald::standalone::{self, StandaloneConfig};
-use herald_core::{CircuitState, SecretRef, Status, Webhooks};
+use herald_core::{CircuitState, Outcome, SecretRef, Status, Webhooks};
 use herald_store::NotificationStore;
 use herald_tests::{Reply, TestReceiver};
 use serde_json::json;
@@ -70,30 +70,6 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
         .expect("start");
     let engine = running.engine.clone();
 
-    // Watch the dead webhook's circuit: every open (each has its own start)
-    // and the close.
-    let watch = {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let mut opens = BTreeSet::new();
-            loop {
-                let v = engine
-                    .circuits()
-                    .into_iter()
-                    .find(|v| v.webhook_id == "dead")
-                    .unwrap();
-                match v.state {
-                    CircuitState::Open => {
-                        opens.insert(v.since);
-                    }
-                    CircuitState::Closed if !opens.is_empty() => return (opens, v.since),
-                    _ => {}
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-
     let events: Vec<_> = (0..20)
         .map(|i| {
             json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/core",
@@ -114,10 +90,6 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     dead.set_default(Reply::ok());
-    let (opens, closed) = tokio::time::timeout(Duration::from_secs(30), watch)
-        .await
-        .expect("the circuit closed")
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         loop {
@@ -133,18 +105,54 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let view = engine
+        .circuits()
+        .into_iter()
+        .find(|v| v.webhook_id == "dead")
+        .unwrap();
+    assert_eq!(view.state, CircuitState::Closed, "{view:?}");
     shutdown.cancel();
     running.wait().await;
 
-    // While open, only probes reached the dead endpoint: one per cool-down.
-    let first_open: DateTime<Utc> = *opens.first().unwrap();
-    let got = dead.received();
-    let during = got
-        .iter()
-        .filter(|r| r.at > SystemTime::from(first_open) && r.at <= SystemTime::from(closed))
-        .count();
-    assert!(opens.len() >= 2, "{opens:?}");
-    assert_eq!(during, opens.len());
+    // The dead endpoint's attempts, in order: three failures open the
+    // circuit; from then on only one probe per cool-down (1 s) goes out
+    // until one succeeds and closes it; then the parked ones are delivered.
+    let mut dead_log: Vec<(DateTime<Utc>, bool)> = Vec::new();
+    for id in &ids {
+        let r = engine.store().get(*id).await.unwrap().unwrap();
+        if r.notification.webhook_id == "dead" {
+            dead_log.extend(
+                r.attempts
+                    .iter()
+                    .map(|a| (a.started_at, a.outcome == Outcome::Success)),
+            );
+        }
+    }
+    dead_log.sort();
+    let failures = dead_log.iter().take_while(|(_, ok)| !ok).count();
+    assert!(
+        failures >= 4,
+        "three to open, then a failed probe: {dead_log:?}"
+    );
+    assert!(
+        dead_log[failures..].iter().all(|(_, ok)| *ok),
+        "no failure after the circuit closed: {dead_log:?}"
+    );
+    assert_eq!(
+        dead_log.len(),
+        failures + 20,
+        "one success per notification"
+    );
+    // Requests sent while the circuit was open are the probes: from the third
+    // failure to the first success, each is at least a cool-down after the
+    // one before.
+    for pair in dead_log[2..=failures].windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= chrono::Duration::milliseconds(999),
+            "a request {gap} after the previous one while the circuit was open: {dead_log:?}"
+        );
+    }
 
     // Parking consumed no attempt; the live webhook delivered every
     // notification at its first attempt.
@@ -160,7 +168,11 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
             dead_attempts += r.attempts.len();
         }
     }
-    assert_eq!(dead_attempts, got.len());
-    assert_eq!(dead_attempts, 20 + 3 + (opens.len() - 1));
+    assert_eq!(
+        dead_attempts,
+        dead.received().len(),
+        "every request recorded"
+    );
+    assert_eq!(dead_attempts, dead_log.len());
     assert_eq!(live.received().len(), 20);
 }

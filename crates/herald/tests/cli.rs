@@ -34,6 +34,28 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Poll `herald history --json` (the first line) until its notification has
+/// `n` attempts recorded.
+async fn wait_for_attempts<F>(history: &F, n: u64)
+where
+    F: Fn() -> Output + Clone + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = tokio::task::spawn_blocking(history.clone()).await.unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+        if line["state"]["attempts"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} attempts never recorded: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn help_lists_every_command() {
     let o = herald(&["--help"], &[]);
@@ -594,6 +616,9 @@ async fn ingest_and_delivery_run_from_the_cli() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "queued 1 re-send(s)");
+    // One re-send at a time: each takes the next attempt number from the
+    // attempts recorded when it runs.
+    wait_for_attempts(&history, 2).await;
     let o = tokio::task::spawn_blocking(move || {
         herald(
             &["resend", "--webhook", "loans", "--status", "delivered"],
@@ -610,20 +635,7 @@ async fn ingest_and_delivery_run_from_the_cli() {
         assert_eq!(r.body, got[0].body, "a re-send carries the stored bytes");
         assert_eq!(r.header("webhook-id"), got[0].header("webhook-id"));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = tokio::task::spawn_blocking(history).await.unwrap();
-        let line: serde_json::Value =
-            serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
-        if line["state"]["attempts"] == 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "re-sends never recorded: {line}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_attempts(&history, 3).await;
     // Circuits: closing one goes through the shared circuits topic, and the
     // listing reads it back.
     let o = tokio::task::spawn_blocking(move || herald(&["circuits", "--close", "loans"], &env))
