@@ -407,6 +407,76 @@ async fn happy_path_delivers_each_job_once_and_commits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_a_previous_owner_delivered_without_committing_are_skipped() {
+    let Some(w) = world("dsvc_redo", PARTITIONS).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    let toml = definitions(&[webhook("crm", &rx.url("/hook"), "5s", FAST_RETRY)]);
+    let webhooks = Webhooks::from_toml(&toml).unwrap();
+    let notifications = w.ingest(&webhooks, 20, "redo").await;
+    // A previous owner of the partitions delivered the first ten and
+    // recorded it, then died before committing: their jobs are still ahead
+    // of the group's offsets. The eleventh failed and was recorded as
+    // retrying; whether its retry went out is unknown, so it runs again.
+    let (done, rest) = notifications.split_at(10);
+    let recorded = |n: &Notification, ok: bool| Attempt {
+        notification_id: n.id,
+        attempt_id: uuid::Uuid::now_v7(),
+        attempt_no: 1,
+        trigger: Trigger::Auto,
+        started_at: Utc::now(),
+        duration_ms: 5,
+        outcome: if ok {
+            Outcome::Success
+        } else {
+            Outcome::HttpError
+        },
+        http_status: Some(if ok { 200 } else { 503 }),
+        error: (!ok).then(|| "http 503".to_owned()),
+        response_excerpt: None,
+        next_attempt_at: (!ok).then(Utc::now),
+    };
+    let mut earlier: Vec<Attempt> = done.iter().map(|n| recorded(n, true)).collect();
+    earlier.push(recorded(&rest[0], false));
+    w.store.append_attempts(&earlier).await.unwrap();
+
+    let config = w.config();
+    let group = config.group_id.clone();
+    let svc = start(config, &toml).await;
+    rx.wait_for(rest.len(), Duration::from_secs(60)).await;
+    eventually(
+        "every job's offset committed",
+        Duration::from_secs(60),
+        async || (w.uncommitted_deliveries(&group, PARTITIONS) == 0).then_some(()),
+    )
+    .await;
+    let metrics = svc.get("/metrics").await;
+    svc.stop().await;
+
+    let sent: HashSet<NotificationId> = rx.received().iter().map(webhook_id).collect();
+    let want: HashSet<NotificationId> = rest.iter().map(|n| n.id).collect();
+    assert_eq!(rx.received().len(), rest.len(), "nothing sent twice");
+    assert_eq!(
+        sent, want,
+        "only the notifications not yet delivered were sent"
+    );
+    for n in done {
+        assert_eq!(
+            w.attempts(n.id).await.len(),
+            1,
+            "no second attempt for {}",
+            n.id
+        );
+    }
+    assert_eq!(w.status(rest[0].id).await, Some(Status::Delivered));
+    assert!(
+        metrics.contains(r#"herald_delivery_skipped_total{webhook="crm"} 10"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_through_the_tiers_never_early() {
     let Some(w) = world("dsvc_retry", PARTITIONS).await else {
         return;

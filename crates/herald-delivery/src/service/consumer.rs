@@ -367,6 +367,15 @@ impl Core {
             self.parts.wait(&flow, topic, partition, offset, delay);
             return;
         }
+        let work = match work {
+            Work::Deliver { job, .. } => {
+                let maybe_done =
+                    self.parts
+                        .maybe_redone(topic, partition, m.timestamp().to_millis());
+                Work::Deliver { job, maybe_done }
+            }
+            other => other,
+        };
         self.offsets.start(topic, partition, offset);
         self.parts.started(&flow, topic, partition);
         let handle = self.jobs.spawn(job::execute(self.shared.clone(), work));
@@ -405,7 +414,11 @@ impl Core {
                     .and_then(|v| v.parse::<i64>().ok())
                     .and_then(DateTime::from_timestamp_millis);
                 let due = header_due.map_or(job.due_at, |h| h.max(job.due_at));
-                (Work::Deliver(Box::new(job)), due)
+                let work = Work::Deliver {
+                    job: Box::new(job),
+                    maybe_done: false,
+                };
+                (work, due)
             }
             Err(e) => (invalid(format!("invalid delivery job: {e}")), now),
         }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::{
-    Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Tiers, Trigger, Webhooks,
+    Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Status, Tiers, Trigger,
+    Webhooks,
 };
 use herald_kafka::{Topics, headers};
 use herald_store::NotificationStore;
@@ -81,7 +82,12 @@ impl Shared {
 /// A decoded message.
 #[derive(Debug)]
 pub(super) enum Work {
-    Deliver(Box<DeliveryJob>),
+    Deliver {
+        job: Box<DeliveryJob>,
+        /// The partition's previous owner may have done it already: check the
+        /// store before sending.
+        maybe_done: bool,
+    },
     Resend(ResendCommand),
     /// Undecodable: dead-lettered as is, with the reason.
     Invalid {
@@ -97,7 +103,12 @@ pub(super) enum Work {
 /// Do the work; returns once its outcome is durable.
 pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
     match work {
-        Work::Deliver(job) => deliver(&shared, &job).await,
+        Work::Deliver { job, maybe_done } => {
+            if maybe_done && already_delivered(&shared, &job).await {
+                return;
+            }
+            deliver(&shared, &job).await
+        }
         Work::Resend(cmd) => resend(&shared, &cmd).await,
         Work::Invalid {
             topic,
@@ -124,6 +135,25 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
             .await;
         }
     }
+}
+
+/// Whether the notification of a possibly redone job is delivered already,
+/// in which case the job is skipped. Only `delivered` counts: a recorded
+/// failure may not have had its retry published, so that job runs again.
+/// When the store cannot say, the job runs (a duplicate, never a loss).
+async fn already_delivered(shared: &Shared, job: &DeliveryJob) -> bool {
+    let id = job.notification_id;
+    let state = retry_store("state", shared, || shared.store.state(id)).await;
+    let delivered = matches!(state, Some(Some(ref s)) if s.status == Status::Delivered);
+    if delivered {
+        shared
+            .metrics
+            .skipped
+            .with_label_values(&[shared.label(&job.webhook_id)])
+            .inc();
+        debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, "already delivered (redone after a rebalance or crash): skipped");
+    }
+    delivered
 }
 
 /// Attempt a delivery job, record it and publish its next hop.

@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Jobs parked (not attempted, attempt number unchanged) because their
     /// webhook's circuit was open, by webhook.
     pub parked: IntCounterVec,
+    /// Jobs skipped because their notification was already delivered: redone
+    /// after a rebalance or a crash, before their offset was committed.
+    pub skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +95,11 @@ impl Metrics {
         let parked = counter(
             "herald_delivery_parked_total",
             "Jobs parked to the end of a cool-down because their webhook's circuit was open, by webhook.",
+            &["webhook"],
+        );
+        let skipped = counter(
+            "herald_delivery_skipped_total",
+            "Jobs skipped because their notification was already delivered (redone after a rebalance or crash), by webhook.",
             &["webhook"],
         );
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
@@ -160,6 +168,7 @@ impl Metrics {
             circuit_state,
             circuit_changes,
             parked,
+            skipped,
             attempts,
             attempt_duration,
             start_delay,

@@ -45,6 +45,11 @@ struct State {
     /// The head offset we sought back to, and its timer.
     waiting: Option<(i64, Key)>,
     paused: bool,
+    /// When this assignment began (ms since the epoch).
+    assigned_at_ms: i64,
+    /// How many more messages produced before the assignment get a "was
+    /// this already done?" check (see `maybe_redone`).
+    suspects: usize,
 }
 
 /// What the dispatcher should do with a received message.
@@ -64,6 +69,7 @@ pub(super) struct Partitions {
     total: usize,
     max_total: usize,
     max_per_partition: usize,
+    redo_budget: usize,
 }
 
 impl Partitions {
@@ -75,6 +81,10 @@ impl Partitions {
             total: 0,
             max_total,
             max_per_partition,
+            // The previous owner's uncommitted tail: its jobs in flight (at
+            // most `max_per_partition` if configured alike) plus those
+            // finished since its last commit (200 ms of traffic), with room.
+            redo_budget: (4 * max_per_partition).max(1024),
         }
     }
 
@@ -102,6 +112,8 @@ impl Partitions {
                 in_flight: 0,
                 waiting: None,
                 paused,
+                assigned_at_ms: chrono::Utc::now().timestamp_millis(),
+                suspects: self.redo_budget,
             },
         );
         generation
@@ -164,6 +176,37 @@ impl Partitions {
         }
         let key = self.timers.insert(tp, delay);
         state.waiting = Some((offset, key));
+    }
+
+    /// Whether a message about to start may already have been done by this
+    /// partition's previous owner, which can have finished it without
+    /// committing (a rebalance, a crash). Those are the first messages after
+    /// the committed offset that were produced before this assignment; a
+    /// message produced later was never fetched by another member. Bounded
+    /// per assignment, so a backlog after a restart is not read twice.
+    /// Clock skew between producer and consumer only moves the line: a miss
+    /// costs a duplicate delivery, an extra hit a store read.
+    pub(super) fn maybe_redone(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        produced_at_ms: Option<i64>,
+    ) -> bool {
+        let Some(s) = self.states.get_mut(&(topic.to_owned(), partition)) else {
+            return false;
+        };
+        match produced_at_ms {
+            Some(t) if t < s.assigned_at_ms && s.suspects > 0 => {
+                s.suspects -= 1;
+                true
+            }
+            // The window ends at the first message newer than the assignment.
+            Some(_) => {
+                s.suspects = 0;
+                false
+            }
+            None => false,
+        }
     }
 
     /// A job of this partition started.
@@ -352,5 +395,27 @@ mod tests {
         assert_eq!(f.take(), ["resume t/1"], "t/0 is still at its own bound");
         p.finished(&f, "t", 0, a);
         assert_eq!(f.take(), ["resume t/0"]);
+    }
+
+    #[test]
+    fn only_messages_older_than_the_assignment_are_suspected_within_a_budget() {
+        let f = Recorder::default();
+        let mut p = Partitions::new(100, 1);
+        p.assign(&f, "t", 0);
+        let at = p.states[&("t".to_owned(), 0)].assigned_at_ms;
+        assert!(p.maybe_redone("t", 0, Some(at - 1)));
+        assert!(!p.maybe_redone("t", 0, None), "no timestamp: no check");
+        for _ in 1..1024 {
+            assert!(p.maybe_redone("t", 0, Some(at - 1)));
+        }
+        assert!(!p.maybe_redone("t", 0, Some(at - 1)), "budget spent");
+        // A new assignment opens a new window, closed by the first message
+        // produced after it.
+        p.assign(&f, "t", 0);
+        let at = p.states[&("t".to_owned(), 0)].assigned_at_ms;
+        assert!(p.maybe_redone("t", 0, Some(at - 1)));
+        assert!(!p.maybe_redone("t", 0, Some(at)));
+        assert!(!p.maybe_redone("t", 0, Some(at - 1)), "window closed");
+        assert!(!p.maybe_redone("u", 0, Some(0)), "not assigned");
     }
 }
