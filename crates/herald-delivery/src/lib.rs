@@ -3,12 +3,14 @@
 
 pub mod attempt;
 pub mod client;
+pub mod resend_lock;
 pub mod secrets;
 pub mod service;
 pub mod ssrf;
 
 pub use attempt::{AttemptPlan, AttemptResult, Deliverer};
 pub use client::{HttpSender, SendResult, SenderConfig};
+pub use resend_lock::ResendLocks;
 pub use secrets::EnvAndFileSecrets;
 pub use service::{DeliveryConfig, DeliveryService};
 pub use ssrf::SsrfGuard;

@@ -265,40 +265,46 @@ async fn deliver_retry_exhaust_and_resend_through_the_api() {
         );
     }
 
-    // The receiver recovers; the operator re-sends the stored request.
+    // The receiver recovers; the operator re-sends the stored request, twice
+    // in a row (say, two operators at once).
     down.set_default(Reply::ok());
-    let (status, body) = api
-        .call(
-            "POST",
-            &format!("/v1/notifications/{}/resend", ids[1]),
-            Some(TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!((status, &body), (202, &json!({"queued": 1})));
-    let got = down.wait_for(4, Duration::from_secs(10)).await;
-    assert_eq!(got[3].body, got[0].body, "byte-identical body");
-    assert_eq!(
-        got[3].header("webhook-id"),
-        got[0].header("webhook-id"),
-        "same webhook-id"
-    );
-    verify(&got[3]).expect("fresh signature verifies");
+    for _ in 0..2 {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/v1/notifications/{}/resend", ids[1]),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!((status, &body), (202, &json!({"queued": 1})));
+    }
+    let got = down.wait_for(5, Duration::from_secs(10)).await;
+    for r in &got[3..] {
+        assert_eq!(r.body, got[0].body, "byte-identical body");
+        assert_eq!(
+            r.header("webhook-id"),
+            got[0].header("webhook-id"),
+            "same webhook-id"
+        );
+        verify(r).expect("fresh signature verifies");
+    }
     let record = api
-        .wait_record(&ids[1], "delivered by resend", |r| {
-            r["state"]["status"] == "delivered"
+        .wait_record(&ids[1], "both re-sends recorded", |r| {
+            r["attempts"].as_array().is_some_and(|a| a.len() == 5)
         })
         .await;
-    let last = record["attempts"]
+    assert_eq!(record["state"]["status"], "delivered");
+    // Each re-send numbers its attempt after the ones on record: 4 and 5,
+    // never 4 twice.
+    let manual: Vec<_> = record["attempts"]
         .as_array()
         .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(
-        (last["trigger"].as_str(), last["attempt_no"].as_u64()),
-        (Some("manual"), Some(4))
-    );
+        .iter()
+        .filter(|a| a["trigger"] == "manual")
+        .map(|a| a["attempt_no"].as_u64())
+        .collect();
+    assert_eq!(manual, [Some(4), Some(5)]);
 
     // History lists it, filters by status, and the bulk re-send finds nothing failed now.
     let (status, page) = api

@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use super::circuit::{self, CircuitBoard};
 use super::metrics::{Metrics, status_class};
-use crate::{AttemptPlan, AttemptResult, Deliverer};
+use crate::{AttemptPlan, AttemptResult, Deliverer, ResendLocks};
 
 /// Longest `herald-last-error` header written; the store keeps the full text.
 const MAX_ERROR_HEADER: usize = 1024;
@@ -34,6 +34,7 @@ pub(super) struct Shared {
     pub(super) topics: Topics,
     pub(super) metrics: Metrics,
     pub(super) circuits: CircuitBoard,
+    resend_locks: ResendLocks,
     tiers: Tiers,
     /// One semaphore per defined webhook: its concurrent requests.
     webhook_slots: HashMap<String, Arc<Semaphore>>,
@@ -63,6 +64,7 @@ impl Shared {
             topics,
             metrics,
             circuits,
+            resend_locks: ResendLocks::default(),
             tiers,
             webhook_slots,
         }
@@ -242,6 +244,9 @@ async fn park(shared: &Shared, job: &DeliveryJob, until: DateTime<Utc>) {
 /// A manual re-send of the stored request: one attempt, no next hop.
 async fn resend(shared: &Shared, cmd: &ResendCommand) {
     let id = cmd.notification_id;
+    // Held until the attempt is recorded: the next re-send of this
+    // notification numbers its attempt after this one.
+    let _turn = shared.resend_locks.lock(id).await;
     let record = retry_store("load", shared, || shared.store.get(id)).await;
     let Some(Some(record)) = record else {
         shared.metrics.resends.with_label_values(&["unknown"]).inc();

@@ -17,7 +17,7 @@ use herald_core::{
     Admission, CircuitChange, CircuitState, Circuits, CloudEvent, Decision, Notification,
     NotificationId, Status, Trigger, Webhooks,
 };
-use herald_delivery::{AttemptPlan, AttemptResult, Deliverer};
+use herald_delivery::{AttemptPlan, AttemptResult, Deliverer, ResendLocks};
 use herald_store::sqlite::SqliteStore;
 use herald_store::{NotificationStore, StoreError};
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -46,6 +46,7 @@ pub struct Engine {
     schedule: mpsc::UnboundedSender<Work>,
     attempts: broadcast::Sender<(Arc<Notification>, AttemptResult)>,
     circuits: Arc<Mutex<Circuits>>,
+    resend_locks: Arc<ResendLocks>,
     pub(crate) metrics: Metrics,
 }
 
@@ -88,6 +89,7 @@ impl Engine {
             schedule,
             attempts,
             circuits: Arc::new(Mutex::new(circuits)),
+            resend_locks: Arc::default(),
             metrics,
         };
         let runner = engine.clone();
@@ -209,7 +211,9 @@ impl Engine {
         if record.notification.request().is_none() {
             return Ok(false);
         }
-        let attempt_no = record.attempts.len() as u32 + 1;
+        // Numbered again when it runs (see `deliver`): re-sends queued
+        // together would all read the same count here.
+        let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
         self.enqueue(
             Arc::new(record.notification),
             attempt_no,
@@ -355,10 +359,26 @@ impl Engine {
             );
             return;
         }
+        // A re-send takes the number after the attempts on record, one
+        // re-send of a notification at a time, until it is recorded.
+        let (_turn, attempt_no) = if work.trigger == Trigger::Manual {
+            let turn = self.resend_locks.lock(n.id).await;
+            let attempt_no = match self.store.get(n.id).await {
+                Ok(Some(r)) => u32::try_from(r.attempts.len()).unwrap_or(u32::MAX - 1) + 1,
+                Ok(None) => work.attempt_no,
+                Err(e) => {
+                    warn!(error = %e, notification = %n.id, "re-send: attempts unreadable; using the number counted when it was queued");
+                    work.attempt_no
+                }
+            };
+            (Some(turn), attempt_no)
+        } else {
+            (None, work.attempt_no)
+        };
         let plan = AttemptPlan {
             notification_id: n.id,
             webhook_id: &n.webhook_id,
-            attempt_no: work.attempt_no,
+            attempt_no,
             trigger: work.trigger,
             first_failure_at: work.first_failure_at,
             request,
