@@ -5,281 +5,42 @@
 //! receivers got, what the store holds and what went over the circuits
 //! topic. Timings are printed, never asserted.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use herald_core::signing::SigningSecret;
-use herald_core::{
-    CircuitChange, CircuitState, CloudEvent, DeliveryJob, Notification, NotificationId, SecretRef,
-    SecretSource, Status, Webhooks,
-};
-use herald_delivery::service::CircuitBoard;
-use herald_delivery::{DeliveryConfig, DeliveryService};
-use herald_kafka::topics::{TopicSettings, create_all};
-use herald_kafka::{KafkaConfig, Topics};
-use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
-use herald_store::{NotificationStore, StoreLimits};
-use herald_tests::{Received, Reply, TestReceiver, cql_node, kafka_bootstrap, unique_name};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use herald_core::{CircuitState, Status, Webhooks};
+use herald_delivery::DeliveryConfig;
+use herald_tests::kafka_world::{Running, definitions, start};
+use herald_tests::{KafkaWorld, Received, Reply, TestReceiver, eventually_every};
 use serde_json::json;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
-const TIERS: [&str; 2] = ["1s", "3s"];
-const WHSEC_ENV: &str = "HERALD_TEST_WHSEC";
 
-fn secrets() -> Arc<dyn SecretSource + Send + Sync> {
-    Arc::new(HashMap::from([(
-        SecretRef::Env(WHSEC_ENV.into()),
-        SigningSecret::from_bytes(vec![7u8; 32]).to_whsec(),
-    )]))
+/// Worker `instance`'s config in this world.
+fn worker(w: &KafkaWorld, instance: &str) -> DeliveryConfig {
+    DeliveryConfig {
+        // One request at a time per webhook and worker: no request is in
+        // flight when a circuit opens, so the counts below are exact.
+        max_in_flight_per_webhook: 1,
+        instance_id: Some(instance.into()),
+        ..w.config()
+    }
 }
 
-struct World {
-    name: String,
-    kafka: KafkaConfig,
-    topics: Topics,
-    cql: CqlConfig,
-    store: Arc<CqlStore>,
-    producer: FutureProducer,
-}
-
-async fn world(test: &str) -> Option<World> {
-    let bootstrap = kafka_bootstrap(test)?;
-    let node = cql_node(test)?;
-    let name = unique_name(test);
-    let kafka = KafkaConfig {
-        bootstrap_servers: bootstrap,
-        topic_prefix: format!("{name}."),
-        ..KafkaConfig::default()
-    };
-    create_all(
-        &kafka,
-        &TopicSettings {
-            partitions: PARTITIONS,
-            ..TopicSettings::default()
-        },
-        &herald_core::Tiers::parse(&TIERS).unwrap(),
-    )
-    .await
-    .expect("create topics");
-    let cql = CqlConfig::new(vec![node], name.clone());
-    let session = Arc::new(connect_session(&cql).await.expect("cql connect"));
-    migrate(
-        &session,
-        &name,
-        &Replication::Simple {
-            replication_factor: 1,
-        },
-    )
-    .await
-    .expect("migrate");
-    let store = Arc::new(
-        CqlStore::new(session, &cql, StoreLimits::default())
-            .await
-            .expect("cql store"),
-    );
-    let producer = kafka.producer_config().create().expect("producer");
-    Some(World {
-        topics: Topics::new(&kafka),
-        name,
-        kafka,
-        cql,
-        store,
-        producer,
+/// `events` loan events tagged `tag`, each with its own subject.
+fn loans(tag: &str, events: usize) -> impl Iterator<Item = serde_json::Value> {
+    (0..events).map(move |i| {
+        json!({
+            "specversion": "1.0", "id": format!("{tag}-{i}"), "source": "/core/loans",
+            "type": "bank.loan.disbursed", "subject": format!("LN-{i}"),
+            "data": {"amount": i}
+        })
     })
 }
 
-impl World {
-    fn config(&self, instance: &str) -> DeliveryConfig {
-        DeliveryConfig {
-            kafka: self.kafka.clone(),
-            group_id: format!("{}_delivery", self.name),
-            tiers: TIERS.map(String::from).to_vec(),
-            cql: self.cql.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            max_in_flight: 64,
-            max_in_flight_per_partition: 16,
-            // One request at a time per webhook and worker: no request is in
-            // flight when a circuit opens, so the counts below are exact.
-            max_in_flight_per_webhook: 1,
-            ssrf_allow: vec!["127.0.0.0/8".into()],
-            drain_timeout_ms: 10_000,
-            stats_interval_ms: 500,
-            instance_id: Some(instance.into()),
-            ..DeliveryConfig::default()
-        }
-    }
-
-    /// Store one notification per (event, matching webhook) and produce the
-    /// first job of each.
-    async fn ingest(&self, webhooks: &Webhooks, events: usize, tag: &str) -> Vec<Notification> {
-        let now = Utc::now();
-        let notifications: Vec<Notification> = (0..events)
-            .flat_map(|i| {
-                let event = CloudEvent::from_value(json!({
-                    "specversion": "1.0", "id": format!("{tag}-{i}"), "source": "/core/loans",
-                    "type": "bank.loan.disbursed", "subject": format!("LN-{i}"),
-                    "data": {"amount": i}
-                }))
-                .unwrap();
-                webhooks.notifications(&event, now)
-            })
-            .collect();
-        self.store
-            .append_notifications(&notifications)
-            .await
-            .expect("store notifications");
-        let topic = self.topics.deliveries();
-        let sends = notifications.iter().map(|n| {
-            let job = DeliveryJob::first(n).expect("rendered");
-            let (key, payload) = (job.key(), serde_json::to_vec(&job).unwrap());
-            let (producer, topic) = (&self.producer, &topic);
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        });
-        for r in futures::future::join_all(sends).await {
-            r.expect("produce job");
-        }
-        notifications
-    }
-
-    async fn status(&self, id: NotificationId) -> Option<Status> {
-        self.store
-            .get(id)
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.state.status)
-    }
-
-    /// High watermark minus committed offset, summed over the deliveries
-    /// topic's partitions: 0 when every first job's offset is committed.
-    fn uncommitted_deliveries(&self, group: &str) -> i64 {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.bootstrap_servers)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let topic = self.topics.deliveries();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(&topic, p);
-        }
-        let committed = c
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .expect("committed offsets");
-        (0..PARTITIONS)
-            .map(|p| {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .unwrap();
-                let done = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                };
-                high - done
-            })
-            .sum()
-    }
-
-    /// Every state change on the circuits topic so far, in order.
-    fn circuit_changes(&self) -> Vec<CircuitChange> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.bootstrap_servers)
-            .set("group.id", format!("{}_circuits_reader", self.name))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let topic = self.topics.circuits();
-        let (_, high) = c
-            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while (out.len() as i64) < high && Instant::now() < deadline {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                out.push(serde_json::from_slice(m.payload().unwrap()).expect("a circuit change"));
-            }
-        }
-        assert_eq!(out.len() as i64, high, "read the whole circuits topic");
-        out
-    }
-}
-
-struct Running {
-    task: JoinHandle<herald_delivery::service::Result<()>>,
-    shutdown: CancellationToken,
-    circuits: CircuitBoard,
-    metrics: herald_delivery::service::Metrics,
-}
-
-async fn start(config: DeliveryConfig, webhooks_toml: &str) -> Running {
-    let webhooks = Webhooks::from_toml(webhooks_toml).expect("webhooks");
-    let service = DeliveryService::bind(config, webhooks, secrets())
-        .await
-        .expect("bind delivery service");
-    let circuits = service.circuits();
-    let metrics = service.metrics().clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(service.run(shutdown.clone()));
-    Running {
-        task,
-        shutdown,
-        circuits,
-        metrics,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("graceful shutdown within 60s")
-            .expect("service task")
-            .expect("service result");
-    }
-
-    fn metric_sum(&self, prefix: &str) -> u64 {
-        self.metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls every 20 ms: the follow lag printed below is measured by it.
+async fn eventually<T>(what: &str, timeout: Duration, f: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_every(what, timeout, Duration::from_millis(20), f).await
 }
 
 /// A webhook with a fast retry policy and the given `[webhooks.circuit]`.
@@ -305,13 +66,6 @@ jitter = 0.0
     )
 }
 
-fn definitions(hooks: &[String]) -> String {
-    format!(
-        "[secrets]\nwhsec = {{ env = \"{WHSEC_ENV}\" }}\n{}",
-        hooks.concat()
-    )
-}
-
 /// Requests per second from the first to the last of `got`.
 fn rate(got: &[Received]) -> f64 {
     let span = got[got.len() - 1]
@@ -328,7 +82,7 @@ fn requests_between(got: &[Received], from: DateTime<Utc>, to: DateTime<Utc>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_on_recovery() {
-    let Some(w) = world("circuit_parks").await else {
+    let Some(w) = KafkaWorld::new("circuit_parks", PARTITIONS).await else {
         return;
     };
     let receiver = TestReceiver::start().await;
@@ -339,8 +93,8 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
         "failure_threshold = 3\nfailure_ratio = 0.5\nwindow = \"30s\"\ncooldown = \"2s\"",
     )]);
     let webhooks = Webhooks::from_toml(&hooks).unwrap();
-    let service = start(w.config("w1"), &hooks).await;
-    let notifications = w.ingest(&webhooks, 20, "p").await;
+    let service = start(worker(&w, "w1"), &hooks).await;
+    let notifications = w.ingest(&webhooks, loans("p", 20)).await;
 
     // The circuit opens after 3 failures; let at least one probe fail.
     eventually(
@@ -400,7 +154,7 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
     let mut total = 0;
     let mut single = 0;
     for n in &notifications {
-        let attempts = w.store.get(n.id).await.unwrap().unwrap().attempts;
+        let attempts = w.attempts(n.id).await;
         let mut numbers: Vec<u32> = attempts.iter().map(|a| a.attempt_no).collect();
         numbers.sort();
         assert_eq!(numbers, (1..=attempts.len() as u32).collect::<Vec<_>>());
@@ -417,7 +171,7 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_is_open() {
-    let Some(w) = world("circuit_neighbour").await else {
+    let Some(w) = KafkaWorld::new("circuit_neighbour", PARTITIONS).await else {
         return;
     };
     let dead = TestReceiver::start().await;
@@ -433,7 +187,7 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
         webhook("live", &live.url("/live"), ""),
     ]);
     let webhooks = Webhooks::from_toml(&hooks).unwrap();
-    let mut config = w.config("w1");
+    let mut config = worker(&w, "w1");
     config.max_in_flight_per_webhook = 16;
     let service = start(config, &hooks).await;
 
@@ -442,17 +196,17 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
     let live_only =
         Webhooks::from_toml(&definitions(&[webhook("live", &live.url("/live"), "")])).unwrap();
     const N: usize = 400;
-    w.ingest(&live_only, N, "base").await;
+    w.ingest(&live_only, loans("base", N)).await;
     let alone = rate(&live.wait_for(N, Duration::from_secs(120)).await);
     dead.set_default(Reply::ok());
-    w.ingest(&webhooks, N, "healthy").await;
+    w.ingest(&webhooks, loans("healthy", N)).await;
     let got = live.wait_for(2 * N, Duration::from_secs(120)).await;
     let healthy = rate(&got[N..]);
     dead.wait_for(N, Duration::from_secs(120)).await;
 
     // Open the dead webhook's circuit.
     dead.set_default(Reply::status(503));
-    w.ingest(&webhooks, 5, "warm").await;
+    w.ingest(&webhooks, loans("warm", 5)).await;
     live.wait_for(2 * N + 5, Duration::from_secs(60)).await;
     eventually("the circuit opened", Duration::from_secs(30), async || {
         (service.circuits.state("dead") == Some(CircuitState::Open)).then_some(())
@@ -461,7 +215,7 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
 
     // Both webhooks' jobs share every partition.
     let phase = SystemTime::now();
-    let both = w.ingest(&webhooks, N, "both").await;
+    let both = w.ingest(&webhooks, loans("both", N)).await;
     let got = live.wait_for(3 * N + 5, Duration::from_secs(120)).await;
     let with_open = rate(&got[2 * N + 5..]);
     let dead_during = dead.received().iter().filter(|r| r.at > phase).count();
@@ -476,7 +230,7 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
     // endpoint saw only probes (it never recovered, so the circuit never
     // closed), and no dead notification ran out of attempts.
     for n in both.iter().filter(|n| n.webhook_id == "live") {
-        let attempts = w.store.get(n.id).await.unwrap().unwrap().attempts;
+        let attempts = w.attempts(n.id).await;
         assert_eq!(attempts.len(), 1);
         assert_eq!(w.status(n.id).await, Some(Status::Delivered));
     }
@@ -497,7 +251,7 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_circuit_opened_by_one_worker_stops_the_other() {
-    let Some(w) = world("circuit_shared").await else {
+    let Some(w) = KafkaWorld::new("circuit_shared", PARTITIONS).await else {
         return;
     };
     let receiver = TestReceiver::start().await;
@@ -514,8 +268,8 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
         "failure_threshold = 100000\ncooldown = \"10m\"",
     )]);
     let webhooks = Webhooks::from_toml(&opener).unwrap();
-    let w1 = start(w.config("w1"), &opener).await;
-    let w2 = start(w.config("w2"), &follower).await;
+    let w1 = start(worker(&w, "w1"), &opener).await;
+    let w2 = start(worker(&w, "w2"), &follower).await;
     // Both workers own partitions before the jobs arrive.
     eventually(
         "both workers consuming",
@@ -526,7 +280,7 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
         },
     )
     .await;
-    w.ingest(&webhooks, 60, "s").await;
+    w.ingest(&webhooks, loans("s", 60)).await;
 
     let seen_by_w2 = eventually(
         "worker 2 follows the open circuit",
@@ -548,7 +302,7 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
 
     // Once both know, nothing reaches the endpoint until the cool-down ends:
     // wait until every first job was attempted or parked.
-    let group = w.config("w1").group_id;
+    let group = worker(&w, "w1").group_id;
     eventually(
         "every first job attempted or parked",
         Duration::from_secs(60),

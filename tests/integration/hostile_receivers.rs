@@ -159,6 +159,27 @@ async fn send(s: &HttpSender, url: &str, body: Bytes, timeout: Duration) -> Send
     s.send("POST", url, &headers, body, timeout).await
 }
 
+/// `{}` through a fresh sender.
+async fn send_once(url: &str, timeout: Duration) -> SendResult {
+    send(&sender(), url, Bytes::from_static(b"{}"), timeout).await
+}
+
+/// Writes `head` at once, then the body one `z` every 50 ms: `bytes` of
+/// them, or forever.
+async fn trickle_body(mut socket: TcpStream, head: &'static str, bytes: Option<usize>) {
+    if socket.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut sent = 0;
+    while bytes.is_none_or(|b| sent < b) {
+        if socket.write_all(b"z").await.is_err() {
+            return;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs `exchange` and asserts the process grew by less than the budget.
 async fn within_memory_budget<T>(what: &str, exchange: impl Future<Output = T>) -> T {
     let before = proc_status_kib("VmRSS");
@@ -373,13 +394,7 @@ async fn a_trickling_status_line_times_out() {
         }
     })
     .await;
-    let r = send(
-        &sender(),
-        &url,
-        Bytes::from_static(b"{}"),
-        Duration::from_millis(500),
-    )
-    .await;
+    let r = send_once(&url, Duration::from_millis(500)).await;
     assert_eq!(
         (r.outcome, r.http_status),
         (Outcome::Timeout, None),
@@ -393,26 +408,12 @@ async fn a_2xx_with_a_trickling_body_keeps_its_status() {
     // The head arrives at once; the body then trickles past the timeout. The
     // receiver has accepted the notification: the status decides, and the
     // excerpt holds what arrived before the deadline.
-    let (url, _log, task) = hostile(true, |mut socket, _log| async move {
+    let (url, _log, task) = hostile(true, |socket, _log| {
         let head = "HTTP/1.1 202 Accepted\r\ncontent-length: 1000\r\n\r\n";
-        if socket.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        for _ in 0..1000 {
-            if socket.write_all(b"z").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        trickle_body(socket, head, Some(1000))
     })
     .await;
-    let r = send(
-        &sender(),
-        &url,
-        Bytes::from_static(b"{}"),
-        Duration::from_secs(3),
-    )
-    .await;
+    let r = send_once(&url, Duration::from_secs(3)).await;
     assert_eq!(
         (r.outcome, r.http_status, r.error.as_deref()),
         (Outcome::Success, Some(202), None),
@@ -426,26 +427,12 @@ async fn a_2xx_with_a_trickling_body_keeps_its_status() {
     task.abort();
 
     // The same trickle after a 503 is a failure that keeps its status too.
-    let (url, _log, task) = hostile(true, |mut socket, _log| async move {
+    let (url, _log, task) = hostile(true, |socket, _log| {
         let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 1000\r\n\r\n";
-        if socket.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        loop {
-            if socket.write_all(b"z").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        trickle_body(socket, head, None)
     })
     .await;
-    let r = send(
-        &sender(),
-        &url,
-        Bytes::from_static(b"{}"),
-        Duration::from_secs(3),
-    )
-    .await;
+    let r = send_once(&url, Duration::from_secs(3)).await;
     assert_eq!(
         (r.outcome, r.http_status),
         (Outcome::HttpError, Some(503)),
@@ -465,13 +452,7 @@ async fn a_reset_after_the_request_is_a_connection_failure() {
         drop(socket);
     })
     .await;
-    let r = send(
-        &sender(),
-        &url,
-        Bytes::from_static(b"{}"),
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = send_once(&url, Duration::from_secs(5)).await;
     assert_eq!(
         (r.outcome, r.http_status),
         (Outcome::ConnectionError, None),

@@ -1,9 +1,14 @@
 //! The harness every integration test shares: finding the real infrastructure
-//! (or skipping loudly without it), unique resource names, and one scriptable
-//! HTTP receiver.
+//! (or skipping loudly without it), unique resource names, one scriptable
+//! HTTP receiver, waiting with a deadline, and a Kafka-mode world (topics,
+//! keyspace, store, producer, an in-process delivery service) per test.
 
 pub mod infra;
+pub mod kafka_world;
+pub mod poll;
 pub mod receiver;
 
 pub use infra::{cql_node, kafka_bootstrap, unique_name};
+pub use kafka_world::KafkaWorld;
+pub use poll::{eventually, eventually_every};
 pub use receiver::{Received, Reply, TestReceiver};

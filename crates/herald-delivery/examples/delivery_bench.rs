@@ -8,9 +8,13 @@
 //! 2. Paced: jobs produced at half the burst throughput; latency from the
 //!    produce call to the receiver getting the request (p50/p99).
 //!
+//! Its topics, keyspace and service come from the test harness
+//! (`herald_tests::KafkaWorld`), so it honours `HERALD_TEST_KAFKA` and
+//! `HERALD_TEST_CQL` like the integration tests.
+//!
 //! ```text
 //! scripts/infra up
-//! CARGO_TARGET_DIR=/work/target-kafka cargo run --release -p herald-delivery --example delivery_bench -- 5000
+//! cargo run --release -p herald-delivery --example delivery_bench -- 5000
 //! ```
 
 use std::collections::HashMap;
@@ -22,24 +26,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use herald_core::signing::SigningSecret;
-use herald_core::{
-    CloudEvent, DeliveryJob, Notification, SecretRef, SecretSource, Tiers, Webhooks,
-};
-use herald_delivery::{DeliveryConfig, DeliveryService};
-use herald_kafka::topics::{TopicSettings, create_all};
-use herald_kafka::{KafkaConfig, Topics};
-use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
-use herald_store::{NotificationStore, StoreLimits};
+use herald_core::{CloudEvent, DeliveryJob, Notification, Webhooks};
+use herald_delivery::DeliveryConfig;
+use herald_store::NotificationStore;
+use herald_tests::KafkaWorld;
+use herald_tests::kafka_world::{definitions, start};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
 
@@ -82,31 +79,6 @@ async fn receiver(clock: Arc<Clock>) -> SocketAddr {
         }
     });
     addr
-}
-
-fn uncommitted(kafka: &KafkaConfig, group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    (0..PARTITIONS)
-        .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => 0,
-            };
-            high - done
-        })
-        .sum()
 }
 
 fn notifications(webhooks: &Webhooks, tag: &str, n: usize) -> Vec<Notification> {
@@ -173,47 +145,13 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5000);
-    let name = format!(
-        "bench_{}_{:06x}",
-        std::process::id(),
-        rand::random::<u32>() & 0xff_ffff
-    );
-    let kafka = KafkaConfig {
-        topic_prefix: format!("{name}."),
-        ..KafkaConfig::default()
-    };
-    let tiers = vec!["1s".to_owned(), "10s".to_owned()];
-    create_all(
-        &kafka,
-        &TopicSettings {
-            partitions: PARTITIONS,
-            ..TopicSettings::default()
-        },
-        &Tiers::parse(&tiers).unwrap(),
-    )
-    .await
-    .unwrap();
-    let cql = CqlConfig::new(vec!["127.0.0.1:9042".into()], name.clone());
-    let session = connect_session(&cql).await.unwrap();
-    migrate(
-        &session,
-        &name,
-        &Replication::Simple {
-            replication_factor: 1,
-        },
-    )
-    .await
-    .unwrap();
-    let store = CqlStore::connect(&cql, StoreLimits::default())
+    let w = KafkaWorld::new("delivery_bench", PARTITIONS)
         .await
-        .unwrap();
-
+        .expect("delivery_bench needs Kafka and a CQL node: scripts/infra up");
     let clock = Arc::new(Clock::default());
     let addr = receiver(clock.clone()).await;
-    let toml = format!(
+    let toml = definitions(&[format!(
         r#"
-[secrets]
-whsec = {{ env = "BENCH_WHSEC" }}
 [[webhooks]]
 id = "bench"
 events = ["bank.*"]
@@ -221,37 +159,24 @@ url = "http://{addr}/hook"
 signing_secrets = ["whsec"]
 body = '{{"id": {{{{json id}}}}, "data": {{{{json data}}}}}}'
 "#
-    );
+    )]);
     let webhooks = Webhooks::from_toml(&toml).unwrap();
-    let secrets: Arc<dyn SecretSource + Send + Sync> = Arc::new(HashMap::from([(
-        SecretRef::Env("BENCH_WHSEC".into()),
-        SigningSecret::from_bytes(vec![9u8; 32]).to_whsec(),
-    )]));
     let config = DeliveryConfig {
-        kafka: kafka.clone(),
-        group_id: format!("{name}_delivery"),
-        tiers,
-        cql,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ssrf_allow: vec!["127.0.0.0/8".into()],
         max_in_flight: 1024,
         max_in_flight_per_partition: 128,
         max_in_flight_per_webhook: 256,
-        ..DeliveryConfig::default()
+        // librdkafka statistics as often as in production, not as in tests.
+        stats_interval_ms: DeliveryConfig::default().stats_interval_ms,
+        ..w.config()
     };
     let group = config.group_id.clone();
-    let service = DeliveryService::bind(config, Webhooks::from_toml(&toml).unwrap(), secrets)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(service.run(shutdown.clone()));
-    let producer: FutureProducer = kafka.producer_config().create().unwrap();
-    let topic = Topics::new(&kafka).deliveries();
+    let service = start(config, &toml).await;
+    let (producer, topic) = (&w.producer, w.topics.deliveries());
 
     // Warm up: the group is joined and connections are open.
     let warm = notifications(&webhooks, "warm", 50);
-    store.append_notifications(&warm).await.unwrap();
-    produce(&producer, &topic, &warm, &clock, None).await;
+    w.store.append_notifications(&warm).await.unwrap();
+    produce(producer, &topic, &warm, &clock, None).await;
     while clock.received.load(Ordering::Relaxed) < warm.len() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -260,11 +185,11 @@ body = '{{"id": {{{{json id}}}}, "data": {{{{json data}}}}}}'
     // 1. Burst.
     let burst = notifications(&webhooks, "burst", n);
     for chunk in burst.chunks(500) {
-        store.append_notifications(chunk).await.unwrap();
+        w.store.append_notifications(chunk).await.unwrap();
     }
     let t0 = Instant::now();
-    produce(&producer, &topic, &burst, &clock, None).await;
-    while uncommitted(&kafka, &group, &topic) > 0 {
+    produce(producer, &topic, &burst, &clock, None).await;
+    while w.uncommitted_deliveries(&group) > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = t0.elapsed();
@@ -276,18 +201,17 @@ body = '{{"id": {{{{json id}}}}, "data": {{{{json data}}}}}}'
     let paced_n = (n / 2).max(100);
     let paced = notifications(&webhooks, "paced", paced_n);
     for chunk in paced.chunks(500) {
-        store.append_notifications(chunk).await.unwrap();
+        w.store.append_notifications(chunk).await.unwrap();
     }
     let before = clock.received.load(Ordering::Relaxed);
-    produce(&producer, &topic, &paced, &clock, Some(rate / 2.0)).await;
+    produce(producer, &topic, &paced, &clock, Some(rate / 2.0)).await;
     while clock.received.load(Ordering::Relaxed) < before + paced_n {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut paced_lat = std::mem::take(&mut *clock.latencies.lock().unwrap());
     paced_lat.sort();
 
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    service.stop().await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "burst: {n} deliveries in {:.2}s = {rate:.0} deliveries/s (produced -> 2xx -> recorded -> committed); produce->request p50 {:.1}ms p99 {:.1}ms",

@@ -56,6 +56,34 @@ where
     }
 }
 
+/// A standalone Herald on a fresh database with these definitions, its API
+/// taking the token `cli-token`; and the API's URL, leaked so the blocking CLI
+/// calls can borrow it for the whole test.
+async fn standalone_api(
+    defs: &str,
+    test: &str,
+) -> (standalone::Running, CancellationToken, &'static str) {
+    let dir = std::env::temp_dir().join(herald_tests::unique_name(test));
+    let config = StandaloneConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("herald.db"),
+        api_tokens: vec!["cli-token".into()],
+        ssrf_allow: vec!["127.0.0.0/8".into()],
+        ..StandaloneConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = standalone::start(
+        config,
+        Webhooks::from_toml(defs).unwrap(),
+        Arc::new(HashMap::<herald_core::SecretRef, String>::new()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let api: &'static str = Box::leak(format!("http://{}", running.addr).into_boxed_str());
+    (running, shutdown, api)
+}
+
 #[test]
 fn help_lists_every_command() {
     let o = herald(&["--help"], &[]);
@@ -166,28 +194,10 @@ async fn history_and_resend_through_the_api() {
         "[defaults.retry]\nmax_attempts = 1\n\n[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{\"card\": {{{{json subject}}}}}}'\n",
         rx.url("/cards")
     );
-    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli"));
-    let config = StandaloneConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.join("herald.db"),
-        api_tokens: vec!["cli-token".into()],
-        ssrf_allow: vec!["127.0.0.0/8".into()],
-        ..StandaloneConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let running = standalone::start(
-        config,
-        Webhooks::from_toml(&defs).unwrap(),
-        Arc::new(HashMap::<herald_core::SecretRef, String>::new()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown, api) = standalone_api(&defs, "herald_cli").await;
     let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
     let ids = running.engine.accept(vec![event]).await.unwrap();
     rx.wait_for(1, Duration::from_secs(10)).await;
-    // Leaked so the blocking CLI calls can borrow it for the whole test.
-    let api: &'static str = Box::leak(format!("http://{}", running.addr).into_boxed_str());
     let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
 
     // Wait until the single attempt is on record as failed.
@@ -269,26 +279,9 @@ async fn circuits_are_listed_and_closed_through_the_api() {
         "[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{}}'\n[webhooks.circuit]\nfailure_threshold = 1\ncooldown = \"1h\"\n",
         rx.url("/cards")
     );
-    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli_circuits"));
-    let config = StandaloneConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.join("herald.db"),
-        api_tokens: vec!["cli-token".into()],
-        ssrf_allow: vec!["127.0.0.0/8".into()],
-        ..StandaloneConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let running = standalone::start(
-        config,
-        Webhooks::from_toml(&defs).unwrap(),
-        Arc::new(HashMap::<herald_core::SecretRef, String>::new()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown, api) = standalone_api(&defs, "herald_cli_circuits").await;
     let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
     running.engine.accept(vec![event]).await.unwrap();
-    let api: &'static str = Box::leak(format!("http://{}", running.addr).into_boxed_str());
     let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
     let json = move || {
         let o = herald(&["circuits", "--json"], &env);
