@@ -473,6 +473,11 @@ async fn reconcile(
     report
 }
 
+/// The services' `RUST_LOG`: `HERALD_CHAOS_RUST_LOG`, else `info`.
+fn service_log_filter() -> String {
+    std::env::var("HERALD_CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// With `HERALD_CHAOS_EXPLAIN=N`, print the recorded attempts of up to N
 /// notifications that a receiver answered 2xx more than once: the store's
 /// side of each duplicate, to tell a sender bug from an at-least-once redo.
@@ -599,7 +604,7 @@ async fn run_kafka(s: &Settings, name: &str, fault: Fault, failure_rate: f64) ->
             c.current_dir(&root)
                 .args([svc, "--config"])
                 .arg(&config)
-                .env("RUST_LOG", "info");
+                .env("RUST_LOG", service_log_filter());
             c
         }
     };
@@ -747,7 +752,7 @@ async fn run_standalone(s: &Settings, name: &str, failure_rate: f64) -> Result<R
             .env("HERALD_STANDALONE__API_TOKENS", format!("[\"{TOKEN}\"]"))
             .env("HERALD_STANDALONE__SSRF_ALLOW", "[\"127.0.0.0/8\"]")
             .env("HERALD_STANDALONE__TIERS", "[\"1s\", \"5s\"]")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", service_log_filter());
         c
     })?;
 
