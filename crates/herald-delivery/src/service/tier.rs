@@ -15,6 +15,9 @@
 //! assignment gets a new generation so that jobs of an earlier assignment
 //! never count against (or commit for) the current one.
 //!
+//! Each assignment also remembers when it began, to tell which messages the
+//! partition's previous owner may already have done (`maybe_redone`).
+//!
 //! librdkafka notes: `pause` drops what was already fetched for the
 //! partition (a version barrier) and resumes at the position after the last
 //! message handed to us, or where a later `seek` points; `resume` keeps
