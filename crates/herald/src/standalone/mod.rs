@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use herald_core::{SecretSource, Tiers, Webhooks};
 use herald_delivery::{Deliverer, HttpSender, SenderConfig, SsrfGuard};
 use herald_store::StoreLimits;
-use herald_store::sqlite::{SqliteConfig, SqliteStore};
+use herald_store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,14 @@ pub struct StandaloneConfig {
     /// Largest accepted API request body, in bytes.
     #[serde(default = "default_max_request")]
     pub max_request_bytes: usize,
+    /// Durability of a commit: `normal` survives a killed process; `full`
+    /// also survives a power cut or an OS crash, at an fsync per group
+    /// commit.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// Page cache of the SQLite writer connection, in MiB.
+    #[serde(default = "default_writer_cache_mib")]
+    pub writer_cache_mib: u32,
 }
 
 fn default_listen() -> SocketAddr {
@@ -69,6 +77,9 @@ fn default_concurrency() -> usize {
 }
 fn default_tiers() -> Vec<String> {
     ["10s", "1m", "10m", "1h", "6h"].map(String::from).to_vec()
+}
+fn default_writer_cache_mib() -> u32 {
+    SqliteConfig::new("").writer_cache_mib
 }
 fn default_max_request() -> usize {
     api::default_max_request()
@@ -116,7 +127,12 @@ pub async fn start(
         ..SenderConfig::default()
     });
     let deliverer = Deliverer::new(sender, webhooks.clone(), secrets, tiers);
-    let store = SqliteStore::open(SqliteConfig::new(&config.database), StoreLimits::default())
+    let sqlite = SqliteConfig {
+        synchronous: config.synchronous,
+        writer_cache_mib: config.writer_cache_mib,
+        ..SqliteConfig::new(&config.database)
+    };
+    let store = SqliteStore::open(sqlite, StoreLimits::default())
         .await
         .with_context(|| format!("opening {}", config.database.display()))?;
     let tracker = TaskTracker::new();
@@ -149,4 +165,22 @@ pub async fn start(
         engine,
         tracker,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_and_the_writer_cache_are_configurable() {
+        let d = StandaloneConfig::default();
+        assert_eq!(
+            (d.synchronous, d.writer_cache_mib),
+            (Synchronous::Normal, 64)
+        );
+        let c: StandaloneConfig =
+            serde_json::from_str(r#"{"synchronous": "full", "writer_cache_mib": 16}"#).unwrap();
+        assert_eq!((c.synchronous, c.writer_cache_mib), (Synchronous::Full, 16));
+        assert!(serde_json::from_str::<StandaloneConfig>(r#"{"synchronous": "off"}"#).is_err());
+    }
 }
