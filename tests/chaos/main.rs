@@ -252,14 +252,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---- the run ---------------------------------------------------------------
 
 #[derive(Clone)]
@@ -696,11 +688,39 @@ async fn run_kafka(s: &Settings, name: &str, fault: Fault, failure_rate: f64) ->
         Fault::None => {}
     }
     let acked = loader.await?;
-    let expected = expected_ids(&run, &acked);
-
     let store = connect_cql(&s.cql, &run).await?;
-    let mut report = reconcile(&store, &expected, &rx, Instant::now() + s.settle).await;
-    for p in deliveries.iter_mut().chain([&mut ingest]) {
+    let procs = deliveries.iter_mut().chain([&mut ingest]).collect();
+    let load = Load {
+        run: &run,
+        acked: &acked,
+        fault_at,
+        started,
+    };
+    Ok(settle(s, name, &store, &rx, procs, load).await)
+}
+
+/// What a scenario's load did: its run name, the events Kafka or the API
+/// acknowledged, when the fault came and when the scenario started.
+struct Load<'a> {
+    run: &'a str,
+    acked: &'a [usize],
+    fault_at: f64,
+    started: Instant,
+}
+
+/// The end of every scenario: reconcile from the outside, stop the
+/// processes (naming any that died early), and complete the report.
+async fn settle(
+    s: &Settings,
+    name: &str,
+    store: &dyn NotificationStore,
+    rx: &Receiver,
+    procs: Vec<&mut Proc>,
+    load: Load<'_>,
+) -> Report {
+    let expected = expected_ids(load.run, load.acked);
+    let mut report = reconcile(store, &expected, rx, Instant::now() + s.settle).await;
+    for p in procs {
         if !p.alive() {
             eprintln!(
                 "chaos {name}: {} exited early; log {}",
@@ -710,10 +730,10 @@ async fn run_kafka(s: &Settings, name: &str, fault: Fault, failure_rate: f64) ->
         }
         p.stop();
     }
-    report.events_in = acked.len();
-    report.fault_at = Some(fault_at);
-    report.secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    report.events_in = load.acked.len();
+    report.fault_at = Some(load.fault_at);
+    report.secs = load.started.elapsed().as_secs_f64();
+    report
 }
 
 async fn connect_cql(node: &str, keyspace: &str) -> Result<CqlStore> {
@@ -739,7 +759,7 @@ async fn run_standalone(s: &Settings, name: &str, failure_rate: f64) -> Result<R
     std::fs::create_dir_all(&dir)?;
     let rx = Receiver::start(failure_rate).await?;
     let webhooks = webhooks_file(&dir, &rx)?;
-    let port = free_port();
+    let port = herald_tests::free_port();
     let db = dir.join("herald.db");
     let (bin, root, db2) = (s.herald.clone(), s.root.clone(), db.clone());
     let mut herald = Proc::start("standalone", dir.join("standalone.log"), move || {
@@ -822,21 +842,14 @@ async fn run_standalone(s: &Settings, name: &str, failure_rate: f64) -> Result<R
     tokio::time::sleep(Duration::from_secs(1)).await;
     herald.spawn()?;
     let acked = loader.await?;
-    let expected = expected_ids(&run, &acked);
-
     let store = SqliteStore::open(SqliteConfig::new(&db), StoreLimits::default()).await?;
-    let mut report = reconcile(&store, &expected, &rx, Instant::now() + s.settle).await;
-    if !herald.alive() {
-        eprintln!(
-            "chaos {name}: standalone exited early; log {}",
-            herald.log.display()
-        );
-    }
-    herald.stop();
-    report.events_in = acked.len();
-    report.fault_at = Some(fault_at);
-    report.secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    let load = Load {
+        run: &run,
+        acked: &acked,
+        fault_at,
+        started,
+    };
+    Ok(settle(s, name, &store, &rx, vec![&mut herald], load).await)
 }
 
 fn usage() -> ! {

@@ -43,6 +43,17 @@ fn reachable_or_skip(test: &str, what: &str, addr: &str) -> bool {
     false
 }
 
+/// A loopback port that was free a moment ago, for a child process that
+/// must be told its address up front. (Another process can take it in
+/// between; where a process can report its own address, prefer port 0.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// A name unique to this test run, usable as a Kafka topic, a consumer group
 /// or a CQL keyspace: `<prefix>_<pid>_<counter>_<random>`, lowercase,
 /// `[a-z0-9_]` only.

@@ -8,7 +8,7 @@ pub mod kafka_world;
 pub mod poll;
 pub mod receiver;
 
-pub use infra::{cql_node, kafka_bootstrap, unique_name};
+pub use infra::{cql_node, free_port, kafka_bootstrap, unique_name};
 pub use kafka_world::KafkaWorld;
 pub use poll::{eventually, eventually_every};
 pub use receiver::{Received, Reply, TestReceiver};

@@ -42,7 +42,8 @@ impl ResendLocks {
     }
 
     /// Notifications with a re-send running or waiting.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.slots.lock().expect("resend locks poisoned").len()
     }
 }

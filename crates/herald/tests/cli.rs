@@ -452,14 +452,6 @@ fn topics_create_makes_every_herald_topic_once() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Kafka mode through the binary: `herald ingest` and `herald delivery` as
 /// two processes, configured by environment, carry an event from the input
 /// topic to a receiver; the delivery process serves the notification API,
@@ -545,7 +537,7 @@ async fn ingest_and_delivery_run_from_the_cli() {
             .env(format!("HERALD_{upper}__CQL__KEYSPACE"), &keyspace)
             .env(
                 format!("HERALD_{upper}__LISTEN"),
-                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", herald_tests::free_port()),
             )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -559,7 +551,7 @@ async fn ingest_and_delivery_run_from_the_cli() {
         cmd.spawn().expect("spawn herald service")
     };
     let ingest = spawn("ingest", &[("INPUT_TOPICS", format!("[\"{input}\"]"))]);
-    let api_port = free_port();
+    let api_port = herald_tests::free_port();
     let delivery = spawn(
         "delivery",
         &[

@@ -358,7 +358,7 @@ impl Core {
             Admit::Start { generation } => generation,
         };
         let now = Utc::now();
-        let (work, due) = self.decode(m, now);
+        let (mut work, due) = self.decode(m, now);
         if due > now {
             // Sleep a millisecond past the due time: the wall clock is
             // checked again when the message comes back.
@@ -367,15 +367,11 @@ impl Core {
             self.parts.wait(&flow, topic, partition, offset, delay);
             return;
         }
-        let work = match work {
-            Work::Deliver { job, .. } => {
-                let maybe_done =
-                    self.parts
-                        .maybe_redone(topic, partition, m.timestamp().to_millis());
-                Work::Deliver { job, maybe_done }
-            }
-            other => other,
-        };
+        if let Work::Deliver { maybe_done, .. } = &mut work {
+            *maybe_done = self
+                .parts
+                .maybe_redone(topic, partition, m.timestamp().to_millis());
+        }
         self.offsets.start(topic, partition, offset);
         self.parts.started(&flow, topic, partition);
         let handle = self.jobs.spawn(job::execute(self.shared.clone(), work));
@@ -416,6 +412,7 @@ impl Core {
                 let due = header_due.map_or(job.due_at, |h| h.max(job.due_at));
                 let work = Work::Deliver {
                     job: Box::new(job),
+                    // Decided when it starts (`Partitions::maybe_redone`).
                     maybe_done: false,
                 };
                 (work, due)
