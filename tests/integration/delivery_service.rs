@@ -161,7 +161,9 @@ async fn jobs_a_previous_owner_delivered_without_committing_are_skipped() {
     // A previous owner of the partitions delivered the first ten and
     // recorded it, then died before committing: their jobs are still ahead
     // of the group's offsets. The eleventh failed and was recorded as
-    // retrying; whether its retry went out is unknown, so it runs again.
+    // retrying; whether its retry went out is unknown, so the redone job
+    // schedules that retry (attempt 2) instead of making attempt 1 again:
+    // one chain, no duplicate attempt number.
     let (done, rest) = notifications.split_at(10);
     let recorded = |n: &Notification, ok: bool| Attempt {
         notification_id: n.id,
@@ -213,8 +215,21 @@ async fn jobs_a_previous_owner_delivered_without_committing_are_skipped() {
         );
     }
     assert_eq!(w.status(rest[0].id).await, Some(Status::Delivered));
+    let numbers: Vec<u32> = w
+        .attempts(rest[0].id)
+        .await
+        .iter()
+        .map(|a| a.attempt_no)
+        .collect();
+    assert_eq!(numbers, [1, 2], "the cut chain resumed at attempt 2");
     assert!(
-        metrics.contains(r#"herald_delivery_skipped_total{webhook="crm"} 10"#),
+        metrics.contains(r#"herald_delivery_skipped_total{reason="delivered",webhook="crm"} 10"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"herald_delivery_skipped_total{reason="already_attempted",webhook="crm"} 1"#
+        ),
         "{metrics}"
     );
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use herald_core::{
-    Attempt, HeaderValue, Method, Notification, NotificationContent, NotificationId,
+    Accepted, Attempt, HeaderValue, Method, Notification, NotificationContent, NotificationId,
     NotificationState, Outcome, RenderedHeader, RenderedRequest, Status, Trigger,
 };
 use herald_store::cql::{
@@ -149,27 +149,46 @@ fn ids_of(pages: &[Page]) -> Vec<NotificationId> {
 async fn reappending_a_notification_stores_it_once(store: &dyn NotificationStore) {
     let wh = unique_name("wh");
     let n = notification(&wh, 1, at(0));
-    store
+    let other = notification(&wh, 2, at(0));
+    let found = store
         .append_notifications(std::slice::from_ref(&n))
         .await
         .unwrap();
-    store
-        .append_notifications(&[n.clone(), n.clone()])
+    assert_eq!(found, vec![Accepted::New]);
+    let known = |state: NotificationState| Accepted::Existing {
+        stored: Box::new(n.clone()),
+        state,
+    };
+    let pending = NotificationState::initial(&n.content);
+    let found = store
+        .append_notifications(&[n.clone(), other.clone(), n.clone()])
         .await
         .unwrap();
+    assert_eq!(
+        found,
+        vec![
+            known(pending.clone()),
+            Accepted::New,
+            known(pending.clone())
+        ],
+        "one answer per notification, in order"
+    );
     // A replay that re-renders later: same id, new time and body. The first
-    // record wins and no second listing entry appears.
+    // record wins and no second listing entry appears; the answer carries
+    // the stored record, so whatever is sent is what is stored.
     let mut replay = n.clone();
     replay.created_at = at(60_000);
     replay.content = NotificationContent::Rendered(request("{\"n\":\"changed\"}"));
-    store.append_notifications(&[replay]).await.unwrap();
+    let found = store.append_notifications(&[replay]).await.unwrap();
+    assert_eq!(found, vec![known(pending.clone())]);
 
     let rec = store.get(n.id).await.unwrap().expect("stored");
     assert_eq!(rec.notification, n);
     assert!(rec.attempts.is_empty());
     assert_eq!(rec.state, NotificationState::initial(&n.content));
     let ids = listed_ids(store, ListQuery::new(&wh, day_range(), 10)).await;
-    assert_eq!(ids, vec![n.id]);
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&n.id) && ids.contains(&other.id));
     assert_eq!(
         store.state(n.id).await.unwrap().unwrap().status,
         Status::Pending
@@ -181,10 +200,15 @@ async fn reappending_a_notification_stores_it_once(store: &dyn NotificationStore
         .append_attempts(std::slice::from_ref(&a))
         .await
         .unwrap();
-    store
+    let found = store
         .append_notifications(std::slice::from_ref(&n))
         .await
         .unwrap();
+    let [Accepted::Existing { stored, state }] = &found[..] else {
+        panic!("known: {found:?}");
+    };
+    assert_eq!(**stored, n);
+    assert_eq!((state.status, state.attempts), (Status::Delivered, 1));
     store.append_attempts(&[a]).await.unwrap();
     let rec = store.get(n.id).await.unwrap().unwrap();
     assert_eq!(

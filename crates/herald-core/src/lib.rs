@@ -6,6 +6,7 @@ pub mod circuit;
 pub mod duration;
 pub mod event;
 pub mod model;
+pub mod pipeline;
 pub mod render;
 pub mod retry;
 pub mod secret;
@@ -18,6 +19,7 @@ pub use model::{
     Attempt, DeliveryJob, HeaderValue, Method, Notification, NotificationContent, NotificationId,
     NotificationState, Outcome, RenderedHeader, RenderedRequest, ResendCommand, Status, Trigger,
 };
+pub use pipeline::{Accepted, Owed, SkipReason, Verdict};
 pub use render::{BodyFormat, RenderError};
 pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, Tiers};
 pub use secret::{SecretError, SecretRef, SecretSource, SecretValue};

@@ -352,6 +352,12 @@ pub struct DeliveryJob {
     pub first_failure_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub request: RenderedRequest,
+    /// The notification was stored before this job was made (a replay or
+    /// re-submission), or the job may have been done already: delivery
+    /// reads the state first and sends only if the attempt is still owed
+    /// ([`crate::pipeline::verdict`]).
+    #[serde(default)]
+    pub check_state: bool,
 }
 
 impl DeliveryJob {
@@ -380,6 +386,7 @@ impl DeliveryJob {
             first_failure_at: None,
             last_error: None,
             request,
+            check_state: false,
         })
     }
 }
@@ -561,6 +568,7 @@ mod delivery_job_json_tests {
                 content_type: "application/json".into(),
                 body: "{\"a\":1}".into(),
             },
+            check_state: true,
         }
     }
 
@@ -606,7 +614,8 @@ mod delivery_job_json_tests {
                     ],
                     "content_type": "application/json",
                     "body": "{\"a\":1}"
-                }
+                },
+                "check_state": true
             })
         );
         assert_eq!(job().key(), "crm/LN-1");

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use herald_core::{CloudEvent, DeliveryJob, Notification, NotificationContent, Webhooks};
+use herald_core::{Accepted, CloudEvent, DeliveryJob, Notification, NotificationContent, Webhooks};
 use herald_kafka::headers;
 use herald_store::StoreLimits;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -41,6 +41,9 @@ pub(crate) struct Planned {
 pub(crate) struct Batch {
     pub(crate) planned: Vec<Planned>,
     pub(crate) notifications: Vec<Notification>,
+    /// What the store found for each of `notifications` (same index): all
+    /// `New` until the append answers.
+    pub(crate) accepted: Vec<Accepted>,
 }
 
 /// Limits applied while planning.
@@ -114,6 +117,7 @@ impl Batch {
                 };
             }
             self.notifications.push(n);
+            self.accepted.push(Accepted::New);
         }
         if self.notifications.len() == start {
             Disposition::Unmatched {
@@ -124,11 +128,23 @@ impl Batch {
         }
     }
 
-    /// The first delivery job of every rendered notification of `range`.
+    /// Record what the store found for `notifications[range]`.
+    pub(crate) fn accepted(&mut self, range: Range<usize>, found: Vec<Accepted>) {
+        debug_assert_eq!(range.len(), found.len());
+        for (slot, a) in self.accepted[range].iter_mut().zip(found) {
+            *slot = a;
+        }
+    }
+
+    /// The first delivery job owed for each notification of `range`: one
+    /// for every new rendered notification, and for a known one only if it
+    /// was never attempted, carrying the stored request
+    /// ([`Accepted::owed`]).
     pub(crate) fn jobs(&self, range: Range<usize>) -> impl Iterator<Item = DeliveryJob> + '_ {
-        self.notifications[range]
+        self.notifications[range.clone()]
             .iter()
-            .filter_map(DeliveryJob::first)
+            .zip(&self.accepted[range])
+            .filter_map(|(n, a)| a.owed(n).map(|owed| owed.job()))
     }
 }
 

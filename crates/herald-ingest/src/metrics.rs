@@ -83,8 +83,10 @@ impl Metrics {
         }
         let notifications = counter(
             "herald_ingest_notifications_created_total",
-            "Notifications appended to the store, by webhook and initial status \
-             (a replayed event counts again; the store keeps the first record).",
+            "Notifications of matched events, by webhook and status: the initial \
+             status of a new record, or `known` when it was stored before (a replayed \
+             or re-submitted event: the first record wins and nothing new is \
+             scheduled unless it was never attempted).",
             &["webhook", "status"],
         );
         let render_failures = counter(

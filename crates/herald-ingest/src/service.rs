@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use herald_core::{NotificationContent, NotificationState, Webhooks};
+use herald_core::{Accepted, NotificationContent, NotificationState, Webhooks};
 use herald_kafka::{Topics, headers};
 use herald_store::cql::CqlStore;
 use herald_store::{NotificationStore, StoreError};
@@ -309,7 +309,7 @@ impl Pipeline {
         let mut batch = Batch::plan(messages, &self.webhooks, self.limits, Utc::now());
         if !batch.notifications.is_empty() {
             match self.append(&batch.notifications, abandon).await {
-                Ok(()) => {}
+                Ok(found) => batch.accepted(0..batch.notifications.len(), found),
                 Err(AppendError::Abandoned) => return Flow::Abandoned,
                 Err(AppendError::Rejected(e)) => {
                     debug!(error = %e, "store rejected the batch: appending event by event");
@@ -338,7 +338,7 @@ impl Pipeline {
         &self,
         notifications: &[herald_core::Notification],
         abandon: &CancellationToken,
-    ) -> std::result::Result<(), AppendError> {
+    ) -> std::result::Result<Vec<Accepted>, AppendError> {
         let mut backoff = self.backoff();
         loop {
             let started = Instant::now();
@@ -348,9 +348,9 @@ impl Pipeline {
                 r = self.append_once(notifications) => r,
             };
             match result {
-                Ok(()) => {
+                Ok(found) => {
                     self.metrics.store_written(started.elapsed());
-                    return Ok(());
+                    return Ok(found);
                 }
                 Err(e) if is_the_inputs_fault(&e) => return Err(AppendError::Rejected(e)),
                 Err(e) => {
@@ -376,33 +376,34 @@ impl Pipeline {
     async fn append_once(
         &self,
         notifications: &[herald_core::Notification],
-    ) -> std::result::Result<(), StoreError> {
+    ) -> std::result::Result<Vec<Accepted>, StoreError> {
         let chunk = notifications
             .len()
             .div_ceil(self.config.store_write_parallelism)
             .max(1);
-        futures::future::try_join_all(
+        let parts = futures::future::try_join_all(
             notifications
                 .chunks(chunk)
                 .map(|c| self.store.append_notifications(c)),
         )
-        .await
-        .map(drop)
+        .await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// After the store rejected a batch: append each event's notifications
     /// on its own, and dead-letter the events the store rejects.
     async fn append_each(&self, batch: &mut Batch, abandon: &CancellationToken) -> Flow {
-        let Batch {
-            planned,
-            notifications,
-        } = batch;
-        for p in planned.iter_mut() {
-            let Disposition::Notify(range) = &p.disposition else {
+        for i in 0..batch.planned.len() {
+            let Disposition::Notify(range) = &batch.planned[i].disposition else {
                 continue;
             };
-            match self.append(&notifications[range.clone()], abandon).await {
-                Ok(()) => {}
+            let range = range.clone();
+            let p = &mut batch.planned[i];
+            match self
+                .append(&batch.notifications[range.clone()], abandon)
+                .await
+            {
+                Ok(found) => batch.accepted(range, found),
                 Err(AppendError::Abandoned) => return Flow::Abandoned,
                 Err(AppendError::Rejected(e)) => {
                     p.disposition = Disposition::DeadLetter {
@@ -606,7 +607,12 @@ impl Pipeline {
             match &p.disposition {
                 Disposition::Notify(range) => {
                     self.metrics.event_matched(range.len());
-                    for n in &batch.notifications[range.clone()] {
+                    let found = &batch.accepted[range.clone()];
+                    for (n, a) in batch.notifications[range.clone()].iter().zip(found) {
+                        if matches!(a, Accepted::Existing { .. }) {
+                            self.metrics.notification_stored(&n.webhook_id, "known");
+                            continue;
+                        }
                         let status = NotificationState::initial(&n.content).status;
                         self.metrics
                             .notification_stored(&n.webhook_id, status.as_str());

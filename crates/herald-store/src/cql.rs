@@ -17,7 +17,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use herald_core::{
-    Attempt, Notification, NotificationContent, NotificationId, NotificationState, Status, Trigger,
+    Accepted, Attempt, Notification, NotificationContent, NotificationId, NotificationState,
+    Status, Trigger,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -486,11 +487,12 @@ impl CqlStore {
         Ok(row.map(|(w, c)| (w.unwrap_or_default(), c.map_or(0, |c| c.0))))
     }
 
-    async fn append_one(&self, n: &Notification) -> Result<()> {
+    async fn append_one(&self, n: &Notification) -> Result<Accepted> {
         // The first record wins: on a replay, reuse the stored created_at so
-        // the index and initial-state writes below hit the same keys again.
-        let (webhook, created) = match self.head(n.id).await? {
-            Some(head) => head,
+        // the index and initial-state writes below hit the same keys again
+        // (they repair an earlier append cut short between its writes).
+        let (webhook, created, known) = match self.head(n.id).await? {
+            Some((webhook, created)) => (webhook, created, true),
             None => {
                 let content = serde_json::to_string(&n.content)
                     .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
@@ -513,7 +515,7 @@ impl CqlStore {
                         ),
                     )
                     .await?;
-                (n.webhook_id.clone(), created)
+                (n.webhook_id.clone(), created, false)
             }
         };
         let status = NotificationState::initial(&n.content).status;
@@ -532,7 +534,16 @@ impl CqlStore {
             .session
             .execute_unpaged(&self.st.insert_initial_state, (n.id.0, status.as_str(), ts));
         futures::try_join!(index, state)?;
-        Ok(())
+        if !known {
+            return Ok(Accepted::New);
+        }
+        let listed = self.load_listed(n.id).await?.ok_or_else(|| {
+            StoreError::corrupt(format!("notification {} vanished while appended", n.id))
+        })?;
+        Ok(Accepted::Existing {
+            stored: Box::new(listed.notification),
+            state: listed.state,
+        })
     }
 
     async fn append_attempt(&self, a: &Attempt) -> Result<()> {
@@ -743,7 +754,7 @@ fn page(items: Vec<ListedNotification>, pos: Option<Cursor>) -> Page {
 
 #[async_trait]
 impl NotificationStore for CqlStore {
-    async fn append_notifications(&self, batch: &[Notification]) -> Result<()> {
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<Vec<Accepted>> {
         for n in batch {
             self.limits.check_notification(n)?;
         }
@@ -753,9 +764,10 @@ impl NotificationStore for CqlStore {
         for n in batch {
             writes.push(self.append_one(n));
         }
+        // Ordered: the answer lines up with the batch.
         futures::stream::iter(writes)
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<()>()
+            .buffered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
             .await
     }
 

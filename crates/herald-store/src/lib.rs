@@ -14,7 +14,7 @@ pub mod cql;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use herald_core::{Attempt, Notification, NotificationId, NotificationState};
+use herald_core::{Accepted, Attempt, Notification, NotificationId, NotificationState};
 
 pub use crate::error::{Result, StoreError};
 pub use crate::limits::{StoreLimits, truncate_marked};
@@ -49,11 +49,18 @@ pub trait NotificationStore: Send + Sync {
     /// nothing (the first record wins; the audit record is immutable), and it
     /// never creates a second listing entry.
     ///
+    /// Returns what was found for each notification, in order: stored now
+    /// ([`Accepted::New`]), or stored before, with the stored record and its
+    /// state ([`Accepted::Existing`]), from which the caller decides whether
+    /// anything is owed ([`Accepted::owed`]). Without lightweight
+    /// transactions two concurrent first appends of one id may both see
+    /// `New` (CQL); they carry the same id, and the first record wins.
+    ///
     /// Fails with [`StoreError::TooLarge`] if a body is above
     /// [`StoreLimits::max_request_body_bytes`]; nothing of the batch is
     /// written by the SQLite adapter, and the CQL adapter may have written
     /// the other notifications of the batch.
-    async fn append_notifications(&self, batch: &[Notification]) -> Result<()>;
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<Vec<Accepted>>;
 
     /// Store attempts and fold each into the state projection (status from
     /// [`Attempt::implied_status`], attempt count from `attempt_no`, last and

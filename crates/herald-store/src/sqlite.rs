@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::{
-    Attempt, Notification, NotificationContent, NotificationId, NotificationState, Status,
+    Accepted, Attempt, Notification, NotificationContent, NotificationId, NotificationState, Status,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::Deserialize;
@@ -102,9 +102,13 @@ impl SqliteConfig {
 }
 
 enum WriteOp {
-    Notifications(Vec<Notification>, oneshot::Sender<Result<()>>),
-    Attempts(Vec<Attempt>, oneshot::Sender<Result<()>>),
+    Notifications(Vec<Notification>, Reply),
+    Attempts(Vec<Attempt>, Reply),
 }
+
+/// The writer's answer: what each appended notification found (empty for
+/// attempts).
+type Reply = oneshot::Sender<Result<Vec<Accepted>>>;
 
 /// The embedded [`NotificationStore`]. Cheap to share behind an `Arc`;
 /// dropping the last handle stops the writer thread after it has committed
@@ -192,7 +196,7 @@ impl SqliteStore {
         .await
     }
 
-    async fn write(&self, op: impl FnOnce(oneshot::Sender<Result<()>>) -> WriteOp) -> Result<()> {
+    async fn write(&self, op: impl FnOnce(Reply) -> WriteOp) -> Result<Vec<Accepted>> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(op(tx))
@@ -275,9 +279,9 @@ fn cursor_of(n: &Notification) -> Cursor {
 
 #[async_trait]
 impl NotificationStore for SqliteStore {
-    async fn append_notifications(&self, batch: &[Notification]) -> Result<()> {
+    async fn append_notifications(&self, batch: &[Notification]) -> Result<Vec<Accepted>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         for n in batch {
             self.limits.check_notification(n)?;
@@ -291,7 +295,9 @@ impl NotificationStore for SqliteStore {
             return Ok(());
         }
         let batch = batch.iter().map(|a| self.limits.bound_attempt(a)).collect();
-        self.write(|tx| WriteOp::Attempts(batch, tx)).await
+        self.write(|tx| WriteOp::Attempts(batch, tx))
+            .await
+            .map(drop)
     }
 
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>> {
@@ -445,13 +451,13 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_group:
     }
 }
 
-fn reply(op: WriteOp) -> oneshot::Sender<Result<()>> {
+fn reply(op: WriteOp) -> Reply {
     match op {
         WriteOp::Notifications(_, tx) | WriteOp::Attempts(_, tx) => tx,
     }
 }
 
-fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<()>>> {
+fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Vec<Accepted>>>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
     // Savepoint statements are prepared once and cached: rusqlite's
@@ -465,9 +471,12 @@ fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<()
         exec("SAVEPOINT herald_append")?;
         let r = match op {
             WriteOp::Notifications(ns, _) => {
-                ns.iter().try_for_each(|n| insert_notification(&tx, n))
+                ns.iter().map(|n| insert_notification(&tx, n)).collect()
             }
-            WriteOp::Attempts(atts, _) => atts.iter().try_for_each(|a| insert_attempt(&tx, a)),
+            WriteOp::Attempts(atts, _) => atts
+                .iter()
+                .try_for_each(|a| insert_attempt(&tx, a))
+                .map(|()| Vec::new()),
         };
         if r.is_err() {
             exec("ROLLBACK TO herald_append")?;
@@ -489,7 +498,7 @@ const UPSERT_STATE: &str = "INSERT INTO notification_state \
      next_attempt_at = excluded.next_attempt_at, write_ts = excluded.write_ts \
      WHERE excluded.write_ts >= notification_state.write_ts";
 
-fn insert_notification(tx: &Connection, n: &Notification) -> Result<()> {
+fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
     let content = serde_json::to_string(&n.content)
         .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
     let created = to_ms(n.created_at);
@@ -522,8 +531,20 @@ fn insert_notification(tx: &Connection, n: &Notification) -> Result<()> {
             None::<i64>,
             created * 1000,
         ])?;
+        return Ok(Accepted::New);
     }
-    Ok(())
+    // Known: the first record wins; report it with its state.
+    let listed = tx
+        .prepare_cached(&format!(
+            "SELECT {N_COLS}, {S_COLS} FROM notifications n \
+             JOIN notification_state s ON s.notification_id = n.notification_id \
+             WHERE n.notification_id = ?1"
+        ))?
+        .query_row([n.id.to_string()], |r| Ok(read_listed(r)))??;
+    Ok(Accepted::Existing {
+        stored: Box::new(listed.notification),
+        state: listed.state,
+    })
 }
 
 fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {

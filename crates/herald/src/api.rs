@@ -370,10 +370,24 @@ async fn events(state: &ApiState, req: Request<Incoming>) -> Resp {
     };
     let count = batch.len();
     match engine.accept(batch).await {
-        Ok(ids) => json_resp(
-            StatusCode::ACCEPTED,
-            json!({ "accepted": count, "notifications": ids }),
-        ),
+        Ok(accepted) => {
+            let ids: Vec<_> = accepted.iter().map(|a| a.id).collect();
+            let results: Vec<Value> = accepted
+                .iter()
+                .map(|a| {
+                    json!({
+                        "id": a.id,
+                        "webhook": a.webhook_id,
+                        "status": a.status.as_str(),
+                        "known": a.known,
+                    })
+                })
+                .collect();
+            json_resp(
+                StatusCode::ACCEPTED,
+                json!({ "accepted": count, "notifications": ids, "results": results }),
+            )
+        }
         Err(e @ AcceptError::Invalid { .. }) => {
             error(StatusCode::BAD_REQUEST, "invalid_event", &e.to_string())
         }

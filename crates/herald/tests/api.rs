@@ -115,6 +115,15 @@ async fn start(
     down: &TestReceiver,
     shutdown: CancellationToken,
 ) -> (Api, standalone::Running) {
+    start_with(ok, down, shutdown, StandaloneConfig::default().concurrency).await
+}
+
+async fn start_with(
+    ok: &TestReceiver,
+    down: &TestReceiver,
+    shutdown: CancellationToken,
+    concurrency: usize,
+) -> (Api, standalone::Running) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_api"));
     let webhooks = Webhooks::from_toml(&definitions(ok, down)).expect("definitions");
     let secrets: HashMap<SecretRef, String> =
@@ -124,6 +133,7 @@ async fn start(
         database: dir.join("herald.db"),
         api_tokens: vec![TOKEN.into()],
         ssrf_allow: vec!["127.0.0.0/8".into()],
+        concurrency,
         ..StandaloneConfig::default()
     };
     let running = standalone::start(config, webhooks, Arc::new(secrets), shutdown)
@@ -327,6 +337,103 @@ async fn deliver_retry_exhaust_and_resend_through_the_api() {
         .await;
     assert_eq!((status, body), (202, json!({"queued": 0})));
 
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// The pipeline's promises for a re-submitted event (same source and id,
+/// other data): the stored record wins, delivered and failed notifications
+/// stay closed, and nothing is sent again. The Kafka-mode counterpart (an
+/// input replay) is `tests/integration/pipeline_invariants.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmitted_event_schedules_nothing_and_keeps_the_stored_request() {
+    let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
+    down.set_default(Reply::status(500));
+    let shutdown = CancellationToken::new();
+    // One attempt at a time, in the order scheduled: the marker's first
+    // request reaches its receiver only after anything the re-submission
+    // scheduled before it was sent.
+    let (api, running) = start_with(&ok, &down, shutdown.clone(), 1).await;
+    let post = async |events: Value| {
+        let (status, body) = api
+            .call("POST", "/v1/events", Some(TOKEN), Some(events))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body
+    };
+    let first = post(json!([
+        event("r1", "bank.loan.disbursed", "L-1"),
+        event("r2", "bank.client.created", "C-1"),
+    ]))
+    .await;
+    assert_eq!(first["results"][0]["known"], false, "{first}");
+    let (loan, client) = (
+        first["notifications"][0].as_str().unwrap().to_owned(),
+        first["notifications"][1].as_str().unwrap().to_owned(),
+    );
+    api.wait_record(&loan, "delivered", |r| r["state"]["status"] == "delivered")
+        .await;
+    api.wait_record(&client, "failed", |r| r["state"]["status"] == "failed")
+        .await;
+
+    // The client resubmits both events, with corrected data.
+    let mut changed = event("r1", "bank.loan.disbursed", "L-9");
+    changed["data"]["amount"] = json!(9999);
+    let again = post(json!([changed, event("r2", "bank.client.created", "C-9")])).await;
+    assert_eq!(again["notifications"], first["notifications"], "{again}");
+    for (i, status) in [(0, "delivered"), (1, "failed")] {
+        assert_eq!(again["results"][i]["known"], true, "{again}");
+        assert_eq!(again["results"][i]["status"], status, "{again}");
+    }
+    let marker = post(json!(event("r3", "bank.client.created", "C-3"))).await;
+    let marker = marker["notifications"][0].as_str().unwrap().to_owned();
+    api.wait_record(&marker, "failed", |r| r["state"]["status"] == "failed")
+        .await;
+
+    let count = |rx: &TestReceiver, id: &str| {
+        rx.received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(id))
+            .count()
+    };
+    assert_eq!(
+        count(&ok, &loan),
+        1,
+        "a delivered notification is not sent again"
+    );
+    assert_eq!(
+        count(&down, &client),
+        3,
+        "an exhausted one gets no automatic attempt"
+    );
+    assert_eq!(count(&down, &marker), 3);
+    for (rx, id) in [(&ok, &loan), (&down, &client)] {
+        let (_, record) = api
+            .call("GET", &format!("/v1/notifications/{id}"), Some(TOKEN), None)
+            .await;
+        let stored = record["notification"]["content"]["rendered"]["body"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{record}"));
+        assert!(
+            !stored.contains("9999") && !stored.contains("C-9"),
+            "{stored}"
+        );
+        for r in rx
+            .received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(id))
+        {
+            assert_eq!(r.body, stored.as_bytes(), "what was sent is what is stored");
+        }
+        let numbers: Vec<u64> = record["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["attempt_no"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+        assert_eq!(numbers, expected, "{id}");
+    }
     shutdown.cancel();
     running.wait().await;
 }

@@ -76,7 +76,13 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
                    "type": "bank.loan.disbursed", "subject": format!("L-{i}"), "data": {}})
         })
         .collect();
-    let ids = engine.accept(events).await.expect("accepted");
+    let ids: Vec<_> = engine
+        .accept(events)
+        .await
+        .expect("accepted")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     assert_eq!(ids.len(), 40);
 
     // Let a probe fail once, then recover the endpoint.

@@ -196,7 +196,14 @@ async fn history_and_resend_through_the_api() {
     );
     let (running, shutdown, api) = standalone_api(&defs, "herald_cli").await;
     let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
-    let ids = running.engine.accept(vec![event]).await.unwrap();
+    let ids: Vec<_> = running
+        .engine
+        .accept(vec![event])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     rx.wait_for(1, Duration::from_secs(10)).await;
     let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use herald_core::pipeline::{self, SkipReason, Verdict};
 use herald_core::{
-    Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Status, Tiers, Trigger,
-    Webhooks,
+    Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Tiers, Trigger, Webhooks,
 };
 use herald_kafka::{Topics, headers};
 use herald_store::NotificationStore;
@@ -106,7 +106,7 @@ pub(super) enum Work {
 pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
     match work {
         Work::Deliver { job, maybe_done } => {
-            if maybe_done && already_delivered(&shared, &job).await {
+            if (maybe_done || job.check_state) && !still_owed(&shared, &job, maybe_done).await {
                 return;
             }
             deliver(&shared, &job).await
@@ -139,23 +139,53 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
     }
 }
 
-/// Whether the notification of a possibly redone job is delivered already,
-/// in which case the job is skipped. Only `delivered` counts: a recorded
-/// failure may not have had its retry published, so that job runs again.
-/// When the store cannot say, the job runs (a duplicate, never a loss).
-async fn already_delivered(shared: &Shared, job: &DeliveryJob) -> bool {
+/// Whether a job that may have been done already (redone after a
+/// rebalance or crash, or made for a known notification) is still owed,
+/// by the store's state ([`pipeline::verdict`]). A job that is not owed is
+/// counted and skipped; a redone one whose next hop may be missing
+/// schedules that hop instead of sending again. When the store cannot say,
+/// the job runs (a duplicate, never a loss).
+async fn still_owed(shared: &Shared, job: &DeliveryJob, redone: bool) -> bool {
     let id = job.notification_id;
-    let state = retry_store("state", shared, || shared.store.state(id)).await;
-    let delivered = matches!(state, Some(Some(ref s)) if s.status == Status::Delivered);
-    if delivered {
-        shared
-            .metrics
-            .skipped
-            .with_label_values(&[shared.label(&job.webhook_id)])
-            .inc();
-        debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, "already delivered (redone after a rebalance or crash): skipped");
+    let Some(state) = retry_store("state", shared, || shared.store.state(id)).await else {
+        return true;
+    };
+    let label = shared.label(&job.webhook_id);
+    match pipeline::verdict(state.as_ref(), job.attempt, redone) {
+        Verdict::Send => true,
+        Verdict::Skip(reason) => {
+            shared
+                .metrics
+                .skipped
+                .with_label_values(&[label, reason.as_str()])
+                .inc();
+            debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, reason = reason.as_str(), "job no longer owed: skipped");
+            false
+        }
+        Verdict::Resume { attempt, due_at } => {
+            let first_failure_at = job
+                .first_failure_at
+                .or(state.as_ref().and_then(|s| s.last_attempt_at));
+            let next = DeliveryJob {
+                attempt,
+                trigger: Trigger::Retry,
+                due_at,
+                first_failure_at,
+                check_state: true,
+                ..job.clone()
+            };
+            let delay = (due_at - Utc::now()).to_std().unwrap_or_default();
+            let tier = shared.tiers.for_delay(delay);
+            publish_job(shared, &shared.topics.retry(&tier.name), &next, None).await;
+            shared
+                .metrics
+                .skipped
+                .with_label_values(&[label, SkipReason::AlreadyAttempted.as_str()])
+                .inc();
+            debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, next = attempt, "redone job already attempted: its retry scheduled again");
+            false
+        }
     }
-    delivered
 }
 
 /// Attempt a delivery job, record it and publish its next hop.
@@ -186,6 +216,8 @@ async fn deliver(shared: &Shared, job: &DeliveryJob) {
                 due_at: *due_at,
                 first_failure_at: Some(job.first_failure_at.unwrap_or(a.started_at)),
                 last_error: a.error.clone(),
+                // Made right after its predecessor was recorded.
+                check_state: false,
                 ..job.clone()
             };
             let topic = shared.topics.retry(&tier.name);

@@ -42,7 +42,7 @@ pub struct Metrics {
     /// Jobs parked (not attempted, attempt number unchanged) because their
     /// webhook's circuit was open, by webhook.
     pub parked: IntCounterVec,
-    /// Jobs skipped because their notification was already delivered: redone
+    /// Jobs skipped because the store says they are no longer owed: redone
     /// after a rebalance or a crash, before their offset was committed.
     pub skipped: IntCounterVec,
 }
@@ -99,8 +99,8 @@ impl Metrics {
         );
         let skipped = counter(
             "herald_delivery_skipped_total",
-            "Jobs skipped because their notification was already delivered (redone after a rebalance or crash), by webhook.",
-            &["webhook"],
+            "Automatic jobs not sent because the store says the attempt is no longer owed (a job redone after a rebalance or crash, a replayed or re-submitted event), by webhook and reason: delivered, already_attempted (another copy made it) or closed (retries exhausted).",
+            &["webhook", "reason"],
         );
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::circuit::CircuitView;
+use herald_core::pipeline::{self, Verdict};
 use herald_core::{
-    Admission, CircuitChange, CircuitState, Circuits, CloudEvent, Decision, Notification,
+    Accepted, Admission, CircuitChange, CircuitState, Circuits, CloudEvent, Decision, Notification,
     NotificationId, Status, Trigger, Webhooks,
 };
 use herald_delivery::{AttemptPlan, AttemptResult, Deliverer, ResendLocks};
@@ -36,6 +37,20 @@ struct Work {
     trigger: Trigger,
     first_failure_at: Option<DateTime<Utc>>,
     due_at: DateTime<Utc>,
+    /// Read the state before sending; send only if still owed
+    /// ([`pipeline::verdict`]).
+    check_state: bool,
+}
+
+/// One notification of an accepted batch, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedNotification {
+    pub id: NotificationId,
+    pub webhook_id: String,
+    /// The initial status of a new notification, the stored one of a known.
+    pub status: Status,
+    /// Stored before (the event was submitted earlier).
+    pub known: bool,
 }
 
 /// Shared handle on the running pipeline.
@@ -160,13 +175,15 @@ impl Engine {
         self.attempts.subscribe()
     }
 
-    /// Decode, render and durably store a batch of events. Returns the ids of
-    /// the notifications created, once they are committed; nothing of an
-    /// invalid batch is stored.
+    /// Decode, render and durably store a batch of events. Returns every
+    /// notification of the batch once committed; nothing of an invalid
+    /// batch is stored. A re-submitted event finds its notifications stored:
+    /// the stored records win and nothing new is scheduled for them, unless
+    /// one was never attempted ([`Accepted::owed`]).
     pub async fn accept(
         &self,
         events: Vec<serde_json::Value>,
-    ) -> Result<Vec<NotificationId>, AcceptError> {
+    ) -> Result<Vec<AcceptedNotification>, AcceptError> {
         let now = Utc::now();
         let mut notifications = Vec::new();
         for (index, value) in events.into_iter().enumerate() {
@@ -180,25 +197,37 @@ impl Engine {
             }
             notifications.extend(created);
         }
-        self.store.append_notifications(&notifications).await?;
-        let ids = notifications.iter().map(|n| n.id).collect();
-        for n in notifications {
-            let status = if n.request().is_some() {
-                Status::Pending
-            } else {
-                Status::RenderFailed
-            };
+        let found = self.store.append_notifications(&notifications).await?;
+        let mut out = Vec::with_capacity(notifications.len());
+        for (n, accepted) in notifications.iter().zip(&found) {
+            let known = matches!(accepted, Accepted::Existing { .. });
+            let status = accepted.status(n);
+            let label = if known { "known" } else { status.as_str() };
             self.metrics
                 .notifications
-                .with_label_values(&[&n.webhook_id, status.as_str()])
+                .with_label_values(&[&n.webhook_id, label])
                 .inc();
-            if n.request().is_some() {
-                self.enqueue(Arc::new(n), 1, Trigger::Auto, None, now);
-            } else {
+            if let Some(owed) = accepted.owed(n) {
+                let work = Work {
+                    notification: Arc::new(owed.notification.clone()),
+                    attempt_no: 1,
+                    trigger: Trigger::Auto,
+                    first_failure_at: None,
+                    due_at: now,
+                    check_state: owed.check_state,
+                };
+                self.enqueue(work);
+            } else if status == Status::RenderFailed && !known {
                 warn!(webhook = %n.webhook_id, notification = %n.id, "template failed to render: recorded as render_failed");
             }
+            out.push(AcceptedNotification {
+                id: n.id,
+                webhook_id: n.webhook_id.clone(),
+                status,
+                known,
+            });
         }
-        Ok(ids)
+        Ok(out)
     }
 
     /// Queue a manual re-send of the stored request: one attempt, now.
@@ -214,33 +243,21 @@ impl Engine {
         // Numbered again when it runs (see `deliver`): re-sends queued
         // together would all read the same count here.
         let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
-        self.enqueue(
-            Arc::new(record.notification),
+        self.enqueue(Work {
+            notification: Arc::new(record.notification),
             attempt_no,
-            Trigger::Manual,
-            None,
-            Utc::now(),
-        );
+            trigger: Trigger::Manual,
+            first_failure_at: None,
+            due_at: Utc::now(),
+            check_state: false,
+        });
         Ok(true)
     }
 
-    fn enqueue(
-        &self,
-        notification: Arc<Notification>,
-        attempt_no: u32,
-        trigger: Trigger,
-        first_failure_at: Option<DateTime<Utc>>,
-        due_at: DateTime<Utc>,
-    ) {
+    fn enqueue(&self, work: Work) {
         // The receiver only goes away at shutdown; what is not sent then is
         // still pending in the store and is scheduled again on the next start.
-        let _ = self.schedule.send(Work {
-            notification,
-            attempt_no,
-            trigger,
-            first_failure_at,
-            due_at,
-        });
+        let _ = self.schedule.send(work);
     }
 
     /// Schedule everything the store says is still owed: notifications never
@@ -260,7 +277,14 @@ impl Engine {
             );
         }
         for n in unattempted {
-            self.enqueue(Arc::new(n), 1, Trigger::Auto, None, now);
+            self.enqueue(Work {
+                notification: Arc::new(n),
+                attempt_no: 1,
+                trigger: Trigger::Auto,
+                first_failure_at: None,
+                due_at: now,
+                check_state: false,
+            });
         }
         for (n, state) in due {
             // The age limit counts from the first failure: read it back.
@@ -269,13 +293,14 @@ impl Engine {
                 None => None,
             };
             let at = state.next_attempt_at.unwrap_or(now);
-            self.enqueue(
-                Arc::new(n),
-                state.attempts + 1,
-                Trigger::Retry,
+            self.enqueue(Work {
+                notification: Arc::new(n),
+                attempt_no: state.attempts + 1,
+                trigger: Trigger::Retry,
                 first_failure_at,
-                at,
-            );
+                due_at: at,
+                check_state: false,
+            });
         }
         Ok(())
     }
@@ -327,6 +352,9 @@ impl Engine {
     async fn deliver(&self, deliverer: &Deliverer, work: Work) {
         let n = &work.notification;
         let Some(request) = n.request() else { return };
+        if work.check_state && work.trigger != Trigger::Manual && !self.still_owed(&work).await {
+            return;
+        }
         // A manual re-send is an operator's explicit request: it goes
         // through an open circuit and says nothing about it.
         let gated = work.trigger != Trigger::Manual;
@@ -350,13 +378,11 @@ impl Engine {
                 .with_label_values(&[&n.webhook_id])
                 .inc();
             debug!(webhook = %n.webhook_id, notification = %n.id, attempt = work.attempt_no, %until, "circuit open: attempt parked");
-            self.enqueue(
-                work.notification.clone(),
-                work.attempt_no,
-                work.trigger,
-                work.first_failure_at.map(|f| f + parked_for),
-                until,
-            );
+            self.enqueue(Work {
+                first_failure_at: work.first_failure_at.map(|f| f + parked_for),
+                due_at: until,
+                ..work
+            });
             return;
         }
         // A re-send takes the number after the attempts on record, one
@@ -416,13 +442,14 @@ impl Engine {
                     .inc();
                 debug!(webhook = %n.webhook_id, notification = %n.id, attempt = a.attempt_no, error = a.error.as_deref().unwrap_or(""), "attempt failed; retry scheduled");
                 let first = work.first_failure_at.unwrap_or(a.started_at);
-                self.enqueue(
-                    work.notification.clone(),
-                    a.attempt_no + 1,
-                    Trigger::Retry,
-                    Some(first),
-                    *due_at,
-                );
+                self.enqueue(Work {
+                    notification: work.notification.clone(),
+                    attempt_no: a.attempt_no + 1,
+                    trigger: Trigger::Retry,
+                    first_failure_at: Some(first),
+                    due_at: *due_at,
+                    check_state: false,
+                });
             }
             Decision::Exhausted { reason } => {
                 if a.outcome != herald_core::Outcome::Success {
@@ -435,6 +462,35 @@ impl Engine {
             }
         }
         let _ = self.attempts.send((work.notification.clone(), result));
+    }
+
+    /// Whether an automatic attempt scheduled for a notification that was
+    /// known already is still owed ([`pipeline::verdict`]): another job of
+    /// it may have made the attempt meanwhile. When the store cannot say,
+    /// it is sent (a duplicate, never a loss).
+    async fn still_owed(&self, work: &Work) -> bool {
+        let n = &work.notification;
+        let state = match self.store.state(n.id).await {
+            Ok(state) => state,
+            Err(e) => {
+                warn!(error = %e, notification = %n.id, "state unreadable; sending");
+                return true;
+            }
+        };
+        match pipeline::verdict(state.as_ref(), work.attempt_no, false) {
+            Verdict::Send => true,
+            Verdict::Skip(reason) => {
+                self.metrics
+                    .skipped
+                    .with_label_values(&[&n.webhook_id, reason.as_str()])
+                    .inc();
+                debug!(webhook = %n.webhook_id, notification = %n.id, attempt = work.attempt_no, reason = reason.as_str(), "attempt no longer owed: skipped");
+                false
+            }
+            // Only a redone job resumes, and standalone redoes nothing: it
+            // schedules from the store's state after a restart.
+            Verdict::Resume { .. } => false,
+        }
     }
 
     /// Record an attempt, retrying while the store is unavailable: an attempt

@@ -23,6 +23,9 @@ pub struct Metrics {
     /// Attempts parked (due time moved, attempt unchanged) because their
     /// webhook's circuit was open, by webhook.
     pub parked: IntCounterVec,
+    /// Automatic attempts not made because the store says they are no
+    /// longer owed, by webhook and reason (the Kafka-mode name).
+    pub skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -42,7 +45,7 @@ impl Metrics {
         );
         let notifications = counter(
             "herald_notifications_created_total",
-            "Notifications stored, by webhook and initial status.",
+            "Notifications of accepted events, by webhook and status: the initial status of a new record, or `known` when it was stored before (a re-submitted event: the first record wins and nothing new is scheduled unless it was never attempted).",
             &["webhook", "status"],
         );
         let attempts = counter(
@@ -69,6 +72,11 @@ impl Metrics {
             "herald_parked_total",
             "Attempts parked to the end of a cool-down because their webhook's circuit was open.",
             &["webhook"],
+        );
+        let skipped = counter(
+            "herald_delivery_skipped_total",
+            "Automatic attempts not made because the store says they are no longer owed (a re-submitted event whose first attempt another job made), by webhook and reason.",
+            &["webhook", "reason"],
         );
         let circuit_state = IntGaugeVec::new(
             Opts::new(
@@ -115,6 +123,7 @@ impl Metrics {
             circuit_state,
             circuit_changes,
             parked,
+            skipped,
         }
     }
 
