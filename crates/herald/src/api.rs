@@ -68,16 +68,27 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    /// The configured tokens, or `None` when the API is off (no token).
-    pub fn enabled_tokens(&self) -> Option<Vec<String>> {
-        let tokens: Vec<String> = self
-            .tokens
-            .iter()
-            .filter(|t| !t.trim().is_empty())
-            .cloned()
-            .collect();
-        (!tokens.is_empty()).then_some(tokens)
+    /// The configured tokens, `None` when the API is off (no token), or an
+    /// error when a token is blank.
+    pub fn enabled_tokens(&self) -> anyhow::Result<Option<Vec<String>>> {
+        checked_tokens(&self.tokens, "api.tokens (HERALD_API__TOKENS)")
     }
+}
+
+/// Bearer tokens as configured in `setting`: `None` for none, an error for
+/// a blank one. A blank token would let in a request whose
+/// `Authorization: Bearer ` carries nothing; it is what an unset variable
+/// in a templated environment value produces, so it is refused at start-up
+/// rather than dropped quietly.
+pub fn checked_tokens(tokens: &[String], setting: &str) -> anyhow::Result<Option<Vec<String>>> {
+    if let Some(i) = tokens.iter().position(|t| t.trim().is_empty()) {
+        anyhow::bail!(
+            "{setting}: token {} of {} is blank (an unset variable?); remove it or set a value",
+            i + 1,
+            tokens.len()
+        );
+    }
+    Ok((!tokens.is_empty()).then(|| tokens.to_vec()))
 }
 
 /// Where the API reads notifications and sends re-sends.
@@ -204,7 +215,7 @@ pub async fn start_kafka(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(tokens) = config.enabled_tokens() else {
+    let Some(tokens) = config.enabled_tokens()? else {
         info!("notification API off: set api.tokens (HERALD_API__TOKENS) to serve it");
         return Ok(None);
     };
@@ -319,6 +330,7 @@ fn authorized(state: &ApiState, req: &Request<Incoming>) -> bool {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
     else {
         return false;
     };
@@ -328,8 +340,12 @@ fn authorized(state: &ApiState, req: &Request<Incoming>) -> bool {
     })
 }
 
+/// Equality whose time depends on neither the position of the first
+/// difference nor the lengths: both sides are hashed to 32 bytes first.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_json(state: &ApiState, req: Request<Incoming>) -> Result<Value, ApiError> {

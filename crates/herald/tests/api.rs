@@ -169,8 +169,8 @@ async fn deliver_retry_exhaust_and_resend_through_the_api() {
     let shutdown = CancellationToken::new();
     let (api, running) = start(&ok, &down, shutdown.clone()).await;
 
-    // No token, or a wrong one: 401, and nothing was accepted.
-    for token in [None, Some("wrong")] {
+    // No token, a blank or a wrong one: 401, and nothing was accepted.
+    for token in [None, Some(""), Some("wrong")] {
         let (status, body) = api
             .call(
                 "POST",
@@ -339,6 +339,33 @@ async fn deliver_retry_exhaust_and_resend_through_the_api() {
 
     shutdown.cancel();
     running.wait().await;
+}
+
+#[tokio::test]
+async fn a_blank_token_is_refused_at_start_up() {
+    let rx = TestReceiver::start().await;
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_blank"));
+    for tokens in [vec![TOKEN.to_owned(), String::new()], vec!["  ".to_owned()]] {
+        let config = StandaloneConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: dir.join("herald.db"),
+            api_tokens: tokens.clone(),
+            ..StandaloneConfig::default()
+        };
+        let webhooks = Webhooks::from_toml(&definitions(&rx, &rx)).unwrap();
+        let secrets: HashMap<SecretRef, String> = HashMap::new();
+        let Err(e) = standalone::start(
+            config,
+            webhooks,
+            Arc::new(secrets),
+            CancellationToken::new(),
+        )
+        .await
+        else {
+            panic!("started with tokens {tokens:?}");
+        };
+        assert!(format!("{e:#}").contains("is blank"), "{e:#}");
+    }
 }
 
 /// The pipeline's promises for a re-submitted event (same source and id,

@@ -114,10 +114,9 @@ pub async fn start(
     secrets: Arc<dyn SecretSource + Send + Sync>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    if config.api_tokens.iter().all(|t| t.trim().is_empty()) {
-        bail!(
-            "no API token configured: set standalone.api_tokens (or HERALD_STANDALONE__API_TOKENS)"
-        );
+    let setting = "standalone.api_tokens (HERALD_STANDALONE__API_TOKENS)";
+    if crate::api::checked_tokens(&config.api_tokens, setting)?.is_none() {
+        bail!("no API token configured: set {setting}");
     }
     let webhooks = Arc::new(webhooks);
     let tiers = Tiers::parse(&config.tiers).context("standalone.tiers")?;
