@@ -569,3 +569,63 @@ async fn two_workers_share_partitions_and_survive_one_crashing() {
     );
     b.stop().await;
 }
+
+/// A store that refuses attempts for good (here: its attempts table is
+/// gone) stalls the job visibly: the request was sent, the failure to record
+/// it is counted, and nothing is committed past it until the store is fixed;
+/// then the attempt is recorded and the offset committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_attempts_stalls_and_commits_nothing() {
+    let Some(w) = KafkaWorld::new("dsvc_refuses", PARTITIONS).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    let toml = definitions(&[webhook("crm", &rx.url("/hook"), "5s", FAST_RETRY)]);
+    let webhooks = Webhooks::from_toml(&toml).unwrap();
+    let config = w.config();
+    let group = config.group_id.clone();
+    let svc = start(config, &toml).await;
+    // After the service prepared its statements.
+    let session = w.store.session().clone();
+    session
+        .query_unpaged(format!("DROP TABLE {}.attempts", w.name), ())
+        .await
+        .expect("drop the attempts table");
+    let notifications = w.ingest(&webhooks, loans("refused", 1)).await;
+    rx.wait_for(1, Duration::from_secs(60)).await;
+    let retried = r#"herald_delivery_retried_operations_total{operation="append_attempts"}"#;
+    eventually(
+        "the refused record counted",
+        Duration::from_secs(60),
+        async || (svc.metric_sum(retried) >= 2).then_some(()),
+    )
+    .await;
+    // Failed at least twice, so it is being retried, not given up: the
+    // job's offset is not committed.
+    assert_eq!(
+        w.uncommitted_deliveries(&group),
+        1,
+        "nothing committed past it"
+    );
+
+    herald_store::cql::migrate(
+        &session,
+        &w.name,
+        &herald_store::cql::Replication::Simple {
+            replication_factor: 1,
+        },
+    )
+    .await
+    .expect("the operator restores the table");
+    eventually(
+        "committed once recorded",
+        Duration::from_secs(60),
+        async || (w.uncommitted_deliveries(&group) == 0).then_some(()),
+    )
+    .await;
+    svc.stop().await;
+    let attempts = w.attempts(notifications[0].id).await;
+    assert_eq!(attempts.len(), 1, "the attempt is on record");
+    assert_eq!(attempts[0].outcome, Outcome::Success);
+    assert_eq!(rx.received().len(), 1, "sent once");
+}

@@ -352,7 +352,7 @@ impl Pipeline {
                     self.metrics.store_written(started.elapsed());
                     return Ok(found);
                 }
-                Err(e) if is_the_inputs_fault(&e) => return Err(AppendError::Rejected(e)),
+                Err(e) if e.is_input_fault() => return Err(AppendError::Rejected(e)),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     self.metrics
@@ -640,16 +640,4 @@ impl Pipeline {
             Duration::from_millis(self.config.retry_max_ms),
         )
     }
-}
-
-/// Store errors caused by the notifications themselves: retrying the same
-/// write can never succeed, whatever the operator does to the store.
-fn is_the_inputs_fault(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::TooLarge { .. }
-            | StoreError::Invalid(_)
-            | StoreError::Corrupt(_)
-            | StoreError::NotFound(_)
-    )
 }

@@ -63,6 +63,23 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same call may succeed later. Every write is an idempotent
     /// upsert, so a retriable failure can simply be retried.
+    /// Whether the operation's input is at fault (too large, invalid, an
+    /// unknown notification, a corrupt record): repeating the same call can
+    /// never succeed, whatever an operator does to the store. Any other
+    /// error that is not retriable is the store's own fault (authorization,
+    /// a missing table): callers wait for an operator rather than skip the
+    /// work.
+    pub fn is_input_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::TooLarge { .. }
+                | StoreError::Invalid(_)
+                | StoreError::InvalidCursor(_)
+                | StoreError::NotFound(_)
+                | StoreError::Corrupt(_)
+        )
+    }
+
     pub fn is_retriable(&self) -> bool {
         match self {
             StoreError::Cql { retriable, .. } => *retriable,

@@ -432,7 +432,11 @@ async fn record(shared: &Shared, attempt: &Attempt) {
     }
 }
 
-/// Run a store operation until it succeeds or fails permanently (`None`).
+/// Run a store operation until it succeeds, or fails because of its input
+/// (`None`: repeating it can never succeed). Transient errors are retried,
+/// and so are the store's own permanent faults (authorization, a missing
+/// table): the job then waits, loudly, and nothing is committed past it
+/// until an operator fixes the store, as ingest does.
 async fn retry_store<T, F, Fut>(op: &'static str, shared: &Shared, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -442,15 +446,19 @@ where
     loop {
         match f().await {
             Ok(v) => return Some(v),
-            Err(e) if e.is_retriable() => {
-                shared.metrics.retried_ops.with_label_values(&[op]).inc();
-                warn!(error = %e, operation = op, "store unavailable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            Err(e) if e.is_input_fault() => {
+                error!(error = %e, operation = op, "store operation refused for this input");
+                return None;
             }
             Err(e) => {
-                error!(error = %e, operation = op, "store operation failed permanently");
-                return None;
+                shared.metrics.retried_ops.with_label_values(&[op]).inc();
+                if e.is_retriable() {
+                    warn!(error = %e, operation = op, "store unavailable; retrying");
+                } else {
+                    error!(error = %e, operation = op, "store refuses the operation: an operator must act; the job waits and its partition commits nothing past it");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

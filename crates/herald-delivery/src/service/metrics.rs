@@ -84,7 +84,7 @@ impl Metrics {
         );
         let retried_ops = counter(
             "herald_delivery_retried_operations_total",
-            "Store writes or Kafka publishes that failed transiently and were retried.",
+            "Store operations or Kafka publishes that failed and were retried: transient failures, and store faults that wait for an operator (authorization, a missing table).",
             &["operation"],
         );
         let circuit_changes = counter(

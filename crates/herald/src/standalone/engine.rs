@@ -504,14 +504,20 @@ impl Engine {
                 .await
             {
                 Ok(()) => return,
-                Err(e) if e.is_retriable() => {
-                    warn!(error = %e, "recording an attempt failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
+                Err(e) if e.is_input_fault() => {
                     error!(error = %e, notification = %result.attempt.notification_id, "attempt could not be recorded");
                     return;
+                }
+                // Transient, or the store's own fault (a read-only or full
+                // disk): wait for it, as the Kafka mode does.
+                Err(e) => {
+                    if e.is_retriable() {
+                        warn!(error = %e, "recording an attempt failed; retrying");
+                    } else {
+                        error!(error = %e, "the store refuses attempts: an operator must act; retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
