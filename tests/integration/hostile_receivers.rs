@@ -502,6 +502,7 @@ timeout = "10s"
         notification_id: NotificationId::derive("test", "e-1", "hostile"),
         webhook_id: "hostile",
         attempt_no: 1,
+        step: 1,
         trigger: Trigger::Auto,
         first_failure_at: None,
         request: &request,

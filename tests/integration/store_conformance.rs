@@ -246,6 +246,87 @@ async fn attempts_come_back_ordered_by_time(store: &dyn NotificationStore) {
     assert_eq!(rec.state.attempts, 3);
 }
 
+/// A failed manual re-send changes no status: the scheduled retry (or the
+/// exhaustion) stands, whatever the arrival order; a successful one
+/// delivers. The count and last attempt time still move.
+async fn a_failed_manual_resend_changes_no_status(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    let manual = |n: &Notification, no, started, outcome| Attempt {
+        trigger: Trigger::Manual,
+        ..attempt(n, no, started, outcome, None)
+    };
+    for (i, reversed) in [(0, false), (1, true)] {
+        let n = notification(&wh, i, at(0));
+        store
+            .append_notifications(std::slice::from_ref(&n))
+            .await
+            .unwrap();
+        let mut atts = vec![
+            attempt(&n, 1, at(1_000), Outcome::HttpError, Some(at(60_000))),
+            manual(&n, 2, at(2_000), Outcome::Timeout),
+        ];
+        if reversed {
+            atts.reverse();
+        }
+        for a in &atts {
+            store
+                .append_attempts(std::slice::from_ref(a))
+                .await
+                .unwrap();
+        }
+        let s = store.state(n.id).await.unwrap().unwrap();
+        assert_eq!(
+            s,
+            NotificationState::derive(&n.content, &atts),
+            "reversed {reversed}"
+        );
+        assert_eq!(
+            (s.status, s.attempts, s.last_attempt_at, s.next_attempt_at),
+            (Status::Retrying, 2, Some(at(2_000)), Some(at(60_000))),
+            "reversed {reversed}"
+        );
+        let failed = all_pages(
+            store,
+            ListQuery::new(&wh, day_range(), 10).with_status(Status::Failed),
+            false,
+        )
+        .await;
+        assert!(failed.iter().all(|p| p.items.is_empty()), "not failed");
+        // A successful re-send delivers.
+        let ok = manual(&n, 3, at(3_000), Outcome::Success);
+        store
+            .append_attempts(std::slice::from_ref(&ok))
+            .await
+            .unwrap();
+        let s = store.state(n.id).await.unwrap().unwrap();
+        assert_eq!((s.status, s.next_attempt_at), (Status::Delivered, None));
+        assert_eq!(store.attempts(n.id).await.unwrap().len(), 3);
+    }
+    // Exhausted, then a failed re-send: still failed, still listed for a
+    // bulk re-send.
+    let n = notification(&wh, 10, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let atts = [
+        attempt(&n, 1, at(1_000), Outcome::HttpError, None),
+        manual(&n, 2, at(2_000), Outcome::HttpError),
+    ];
+    store.append_attempts(&atts).await.unwrap();
+    assert_eq!(
+        store.state(n.id).await.unwrap().unwrap().status,
+        Status::Failed
+    );
+    let listed = all_pages(store, ListQuery::new(&wh, day_range(), 10), true).await;
+    let ids: Vec<_> = listed
+        .iter()
+        .flat_map(|p| &p.items)
+        .map(|l| l.notification.id)
+        .collect();
+    assert_eq!(ids, vec![n.id]);
+}
+
 async fn state_converges_whatever_the_arrival_order(store: &dyn NotificationStore) {
     let wh = unique_name("wh");
     let orders: [&[usize]; 4] = [&[0, 1, 2], &[2, 1, 0], &[1, 2, 0], &[2, 0, 1]];
@@ -757,6 +838,7 @@ conformance!(
     reappending_a_notification_stores_it_once,
     attempts_come_back_ordered_by_time,
     state_converges_whatever_the_arrival_order,
+    a_failed_manual_resend_changes_no_status,
     pages_never_skip_or_repeat_a_row,
     time_range_is_from_inclusive_to_exclusive,
     large_bodies_round_trip_byte_identical,

@@ -19,7 +19,7 @@ pub use model::{
     Attempt, DeliveryJob, HeaderValue, Method, Notification, NotificationContent, NotificationId,
     NotificationState, Outcome, RenderedHeader, RenderedRequest, ResendCommand, Status, Trigger,
 };
-pub use pipeline::{Accepted, Owed, SkipReason, Verdict};
+pub use pipeline::{Accepted, History, Owed, SkipReason, Verdict};
 pub use render::{BodyFormat, RenderError};
 pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, Tiers};
 pub use secret::{SecretError, SecretRef, SecretSource, SecretValue};

@@ -263,12 +263,16 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// The notification status this attempt implies, on its own.
-    pub fn implied_status(&self) -> Status {
-        match (self.outcome, self.next_attempt_at) {
-            (Outcome::Success, _) => Status::Delivered,
-            (_, Some(_)) => Status::Retrying,
-            (_, None) => Status::Failed,
+    /// The notification status this attempt implies on its own, or `None`
+    /// when it changes no status: a failed manual re-send leaves the
+    /// notification as it was, so its scheduled retries (or its exhaustion)
+    /// stand.
+    pub fn implied_status(&self) -> Option<Status> {
+        match (self.outcome, self.trigger, self.next_attempt_at) {
+            (Outcome::Success, _, _) => Some(Status::Delivered),
+            (_, Trigger::Manual, _) => None,
+            (_, _, Some(_)) => Some(Status::Retrying),
+            (_, _, None) => Some(Status::Failed),
         }
     }
 }
@@ -315,19 +319,27 @@ impl NotificationState {
     }
 
     /// Derive the state from a notification's attempts, in any order. The
-    /// latest attempt (by start time, then id) decides the status, so the
-    /// result does not depend on the order attempts were recorded in.
+    /// latest attempt (by start time, then id) that implies a status
+    /// ([`Attempt::implied_status`]) decides the status and the next due
+    /// time; the latest of all gives the last attempt time. The result does
+    /// not depend on the order attempts were recorded in.
     pub fn derive(content: &NotificationContent, attempts: &[Attempt]) -> Self {
         let mut state = Self::initial(content);
         if state.status == Status::RenderFailed {
             return state;
         }
-        let latest = attempts.iter().max_by_key(|a| (a.started_at, a.attempt_id));
-        if let Some(latest) = latest {
-            state.status = latest.implied_status();
+        let order = |a: &&Attempt| (a.started_at, a.attempt_id);
+        if let Some(latest) = attempts.iter().max_by_key(order) {
             state.attempts = attempts.len() as u32;
             state.last_attempt_at = Some(latest.started_at);
-            state.next_attempt_at = latest.next_attempt_at;
+        }
+        let deciding = attempts
+            .iter()
+            .filter(|a| a.implied_status().is_some())
+            .max_by_key(order);
+        if let Some(a) = deciding {
+            state.status = a.implied_status().unwrap_or(state.status);
+            state.next_attempt_at = a.next_attempt_at;
         }
         state
     }

@@ -1,7 +1,8 @@
 //! The pipeline's decisions that both modes share, without I/O: whether an
 //! accepted notification is owed a first attempt, and whether an automatic
-//! job that may already have been done (replayed, re-submitted or redone
-//! after a crash) is still owed, given the state on record.
+//! job (a retry, or one that may already have been done: replayed,
+//! re-submitted or redone after a crash) is still owed, and under which
+//! number, given the attempts on record.
 //!
 //! These are the rules behind two promises: a receiver only ever gets the
 //! stored request, and after exhaustion nothing is sent automatically. A
@@ -9,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{DeliveryJob, Notification, NotificationState, Status};
+use crate::{Attempt, DeliveryJob, Notification, NotificationState, Outcome, Status, Trigger};
 
 /// What accepting one freshly rendered notification found in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,29 +81,78 @@ impl Accepted {
     }
 }
 
-/// What to do with an automatic job (first attempt or retry) whose
-/// notification's state was read before sending.
+/// What the attempts on record say about a notification: how the next
+/// attempt is numbered, and where its automatic chain stands. Read before
+/// every automatic retry (and before a job that may have been done), so
+/// that numbers stay unique and gapless across automatic attempts and
+/// manual re-sends, and so that at most one retry chain stays alive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Attempts on record, of every trigger: the next is `recorded + 1`.
+    pub recorded: u32,
+    /// Automatic attempts (first attempt and retries) on record.
+    pub automatic: u32,
+    /// Some attempt got a 2xx.
+    pub delivered: bool,
+    /// The latest automatic attempt failed and scheduled no retry.
+    pub exhausted: bool,
+    /// The retry the latest automatic attempt scheduled, if any.
+    pub next_due: Option<DateTime<Utc>>,
+    /// Start of the first failed automatic attempt: the retry age limit
+    /// counts from here.
+    pub first_failure_at: Option<DateTime<Utc>>,
+}
+
+impl History {
+    /// The history of `attempts` (any order).
+    pub fn of(attempts: &[Attempt]) -> Self {
+        let mut automatic: Vec<&Attempt> = attempts
+            .iter()
+            .filter(|a| a.trigger != Trigger::Manual)
+            .collect();
+        automatic.sort_by_key(|a| (a.started_at, a.attempt_id));
+        let latest = automatic.last();
+        let failed = |a: &&&Attempt| a.outcome != Outcome::Success;
+        Self {
+            recorded: u32::try_from(attempts.len()).unwrap_or(u32::MAX - 1),
+            automatic: u32::try_from(automatic.len()).unwrap_or(u32::MAX - 1),
+            delivered: attempts.iter().any(|a| a.outcome == Outcome::Success),
+            exhausted: latest
+                .is_some_and(|a| a.outcome != Outcome::Success && a.next_attempt_at.is_none()),
+            next_due: latest.and_then(|a| a.next_attempt_at),
+            first_failure_at: automatic.iter().find(failed).map(|a| a.started_at),
+        }
+    }
+
+    /// The number of the next attempt, whatever its trigger.
+    pub fn next_number(&self) -> u32 {
+        self.recorded.saturating_add(1)
+    }
+}
+
+/// What to do with an automatic job whose notification's history was read
+/// before sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Still owed: make the attempt.
+    /// Still owed: make the attempt, numbered [`History::next_number`].
     Send,
-    /// Not owed: the notification is delivered, cannot be sent, or this
-    /// attempt (or a later one) is already on record.
+    /// Not owed: the notification is delivered or exhausted, or this
+    /// automatic step is already on record (another copy of the job made it).
     Skip(SkipReason),
-    /// This attempt is on record and the notification is `retrying`, but
-    /// the job was redone after a crash or rebalance, so its next hop may
-    /// never have been published: schedule `attempt` at `due_at` (checked
-    /// again when it runs) instead of sending this one again.
-    Resume { attempt: u32, due_at: DateTime<Utc> },
+    /// This step is on record and scheduled a retry, but the job was redone
+    /// after a crash or rebalance, so that retry may never have been
+    /// published: schedule automatic step `step` at `due_at` (checked again
+    /// when it runs) instead of sending this one again.
+    Resume { step: u32, due_at: DateTime<Utc> },
 }
 
 /// Why a job was skipped (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
     Delivered,
-    /// The attempt is on record already: another copy of the job made it.
+    /// The step is on record already: another copy of the job made it.
     AlreadyAttempted,
-    /// Retries exhausted, or the notification cannot be sent.
+    /// Retries exhausted.
     Closed,
 }
 
@@ -116,37 +166,30 @@ impl SkipReason {
     }
 }
 
-/// Whether automatic attempt `attempt` is still owed, given `state` (the
-/// projection on record; `None` when the store has no such notification,
-/// which the attempt's record then reports).
+/// Whether automatic step `step` (1 for the first attempt) is still owed,
+/// given the notification's history.
 ///
-/// `redone`: the job may have been done by a worker that crashed or lost
-/// its partition before committing. Only such a job resumes a chain whose
-/// next hop may be missing; any other copy is a duplicate and is skipped,
-/// so at most one retry chain stays alive per notification.
-pub fn verdict(state: Option<&NotificationState>, attempt: u32, redone: bool) -> Verdict {
-    let Some(state) = state else {
-        return Verdict::Send;
-    };
-    match state.status {
-        Status::Delivered => return Verdict::Skip(SkipReason::Delivered),
-        Status::RenderFailed => return Verdict::Skip(SkipReason::Closed),
-        Status::Pending | Status::Retrying | Status::Failed => {}
+/// Steps count automatic attempts only: a manual re-send in between takes
+/// the next *number* but is not a step, so it neither closes the chain nor
+/// makes the next retry look like a duplicate. `redone`: the job may have
+/// been done by a worker that died or lost its partition before
+/// committing. Only such a job resumes a chain whose next hop may be
+/// missing; any other copy is a duplicate and is skipped.
+pub fn verdict(history: &History, step: u32, redone: bool) -> Verdict {
+    if history.delivered {
+        return Verdict::Skip(SkipReason::Delivered);
     }
-    if state.attempts < attempt {
-        // A failed notification with fewer attempts than this job's number
-        // was closed by the attempt before it (exhausted): nothing is owed.
-        if state.status == Status::Failed && state.attempts > 0 {
-            return Verdict::Skip(SkipReason::Closed);
-        }
+    if history.exhausted {
+        return Verdict::Skip(SkipReason::Closed);
+    }
+    if history.automatic < step {
         return Verdict::Send;
     }
-    match (state.status, state.next_attempt_at, redone) {
-        (Status::Retrying, Some(due_at), true) if state.attempts == attempt => Verdict::Resume {
-            attempt: attempt + 1,
+    match history.next_due {
+        Some(due_at) if redone && history.automatic == step => Verdict::Resume {
+            step: step + 1,
             due_at,
         },
-        (Status::Failed, _, _) => Verdict::Skip(SkipReason::Closed),
         _ => Verdict::Skip(SkipReason::AlreadyAttempted),
     }
 }
@@ -225,51 +268,97 @@ mod tests {
         assert_eq!(Accepted::New.status(&failed), Status::RenderFailed);
     }
 
+    fn attempt(no: u32, trigger: Trigger, ok: bool, next: Option<i64>) -> Attempt {
+        Attempt {
+            notification_id: crate::NotificationId::derive("/s", "e", "w"),
+            attempt_id: uuid::Uuid::from_u128(u128::from(no)),
+            attempt_no: no,
+            trigger,
+            started_at: Utc.timestamp_opt(i64::from(no), 0).unwrap(),
+            duration_ms: 1,
+            outcome: if ok {
+                Outcome::Success
+            } else {
+                Outcome::HttpError
+            },
+            http_status: None,
+            error: None,
+            response_excerpt: None,
+            next_attempt_at: next.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+        }
+    }
+
+    #[test]
+    fn history_counts_steps_apart_from_manual_resends() {
+        let h = History::of(&[
+            attempt(3, Trigger::Retry, false, Some(90)),
+            attempt(1, Trigger::Auto, false, Some(10)),
+            attempt(2, Trigger::Manual, false, None),
+        ]);
+        assert_eq!((h.recorded, h.automatic, h.next_number()), (3, 2, 4));
+        assert!(
+            !h.delivered && !h.exhausted,
+            "a failed manual re-send closes nothing"
+        );
+        assert_eq!(h.next_due, Some(Utc.timestamp_opt(90, 0).unwrap()));
+        assert_eq!(h.first_failure_at, Some(Utc.timestamp_opt(1, 0).unwrap()));
+        assert_eq!(History::of(&[]), History::default());
+        let exhausted = History::of(&[attempt(1, Trigger::Auto, false, None)]);
+        assert!(exhausted.exhausted);
+    }
+
     #[test]
     fn verdicts() {
         use Verdict::*;
-        let due = Utc.timestamp_opt(9, 0).unwrap();
-        // Owed: the state expects exactly this attempt.
-        assert_eq!(verdict(None, 1, false), Send);
-        assert_eq!(
-            verdict(Some(&state(Status::Pending, 0, None)), 1, false),
-            Send
-        );
-        assert_eq!(
-            verdict(Some(&state(Status::Retrying, 2, Some(9))), 3, false),
-            Send
-        );
-        // Delivered: never again automatically.
+        let a = |no, trigger, ok, next| attempt(no, trigger, ok, next);
+        let h = |attempts: &[Attempt]| History::of(attempts);
+        // Owed: the history expects exactly this step.
+        assert_eq!(verdict(&History::default(), 1, false), Send);
+        let one_failed = [a(1, Trigger::Auto, false, Some(9))];
+        assert_eq!(verdict(&h(&one_failed), 2, false), Send);
+        // A manual re-send in between is not a step.
+        let with_manual = [
+            a(1, Trigger::Auto, false, Some(9)),
+            a(2, Trigger::Manual, false, None),
+        ];
+        assert_eq!(verdict(&h(&with_manual), 2, false), Send);
         for redone in [false, true] {
+            // Delivered, by any attempt: never again automatically.
+            let manual_ok = [
+                a(1, Trigger::Auto, false, Some(9)),
+                a(2, Trigger::Manual, true, None),
+            ];
             assert_eq!(
-                verdict(Some(&state(Status::Delivered, 1, None)), 2, redone),
+                verdict(&h(&manual_ok), 2, redone),
                 Skip(SkipReason::Delivered)
             );
-            // Exhausted: nothing automatic, whatever the job's number.
-            assert_eq!(
-                verdict(Some(&state(Status::Failed, 3, None)), 3, redone),
-                Skip(SkipReason::Closed)
-            );
-            assert_eq!(
-                verdict(Some(&state(Status::Failed, 3, None)), 4, redone),
-                Skip(SkipReason::Closed)
-            );
+            // Exhausted: nothing automatic, whatever the job's step.
+            let closed = [
+                a(1, Trigger::Auto, false, Some(9)),
+                a(2, Trigger::Retry, false, None),
+            ];
+            assert_eq!(verdict(&h(&closed), 2, redone), Skip(SkipReason::Closed));
+            assert_eq!(verdict(&h(&closed), 3, redone), Skip(SkipReason::Closed));
         }
-        // A duplicate of an attempt on record does not fork the chain...
+        // A second copy of a step on record does not fork the chain...
         assert_eq!(
-            verdict(Some(&state(Status::Retrying, 2, Some(9))), 2, false),
+            verdict(&h(&one_failed), 1, false),
             Skip(SkipReason::AlreadyAttempted)
         );
+        let two = [
+            a(1, Trigger::Auto, false, Some(5)),
+            a(2, Trigger::Retry, false, Some(9)),
+        ];
         assert_eq!(
-            verdict(Some(&state(Status::Retrying, 3, Some(9))), 2, true),
+            verdict(&h(&two), 1, true),
             Skip(SkipReason::AlreadyAttempted)
         );
         // ...but a redone job resumes the chain its crash may have cut.
         assert_eq!(
-            verdict(Some(&state(Status::Retrying, 2, Some(9))), 2, true),
+            verdict(&h(&one_failed), 1, true),
             Resume {
-                attempt: 3,
-                due_at: due
+                step: 2,
+                due_at: Utc.timestamp_opt(9, 0).unwrap()
             }
         );
     }

@@ -25,6 +25,10 @@ pub struct AttemptPlan<'a> {
     pub webhook_id: &'a str,
     /// 1-based number of this attempt among all of the notification's.
     pub attempt_no: u32,
+    /// For an automatic attempt, its place among the automatic ones (1 for
+    /// the first): what the retry policy counts. A manual re-send in between
+    /// takes a number but is no step.
+    pub step: u32,
     pub trigger: Trigger,
     /// First failure of the notification so far, for the retry age limit.
     pub first_failure_at: Option<DateTime<Utc>>,
@@ -103,7 +107,7 @@ impl Deliverer {
             },
             (_, Some(webhook)) => webhook.retry.decide(
                 &AttemptReport {
-                    attempt_no: plan.attempt_no,
+                    attempt_no: plan.step,
                     outcome: result.outcome,
                     http_status: result.http_status,
                     retry_after: result

@@ -300,6 +300,8 @@ struct Statements {
     insert_by_webhook: PreparedStatement,
     insert_initial_state: PreparedStatement,
     insert_state: PreparedStatement,
+    /// The count alone: a failed manual re-send changes no status.
+    insert_count: PreparedStatement,
     insert_attempt: PreparedStatement,
     insert_failed: PreparedStatement,
     delete_failed: PreparedStatement,
@@ -438,6 +440,11 @@ impl CqlStore {
                 "INSERT INTO {ks}.notification_state \
                  (notification_id, status, attempts, last_attempt_at, next_attempt_at) \
                  VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_count: writer(format!(
+                "INSERT INTO {ks}.notification_state \
+                 (notification_id, attempts, last_attempt_at) VALUES (?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             insert_attempt: writer(format!(
@@ -579,27 +586,41 @@ impl CqlStore {
             .await?;
         let ts = attempt_write_ts(a.started_at, created);
         let implied = a.implied_status();
-        let state = self.session.execute_unpaged(
-            &self.st.insert_state,
-            (
-                id.0,
-                implied.as_str(),
-                to_i32(a.attempt_no),
-                CqlTimestamp(started),
-                a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
-                ts,
-            ),
-        );
+        let state = async {
+            match implied {
+                Some(status) => {
+                    let values = (
+                        id.0,
+                        status.as_str(),
+                        to_i32(a.attempt_no),
+                        CqlTimestamp(started),
+                        a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
+                        ts,
+                    );
+                    self.session
+                        .execute_unpaged(&self.st.insert_state, values)
+                        .await
+                }
+                None => {
+                    let values = (id.0, to_i32(a.attempt_no), CqlTimestamp(started), ts);
+                    self.session
+                        .execute_unpaged(&self.st.insert_count, values)
+                        .await
+                }
+            }
+        };
         let day = day_of(created)?;
         let failed = async {
-            if implied == Status::Failed {
+            if implied == Some(Status::Failed) {
                 self.session
                     .execute_unpaged(
                         &self.st.insert_failed,
                         (&webhook, day, CqlTimestamp(created), id.0, ts),
                     )
                     .await?;
-            } else if current == Some(Status::Failed) || a.trigger == Trigger::Manual {
+            } else if implied.is_some()
+                && (current == Some(Status::Failed) || a.trigger == Trigger::Manual)
+            {
                 // Only when this attempt may supersede a failure: deleting
                 // on every delivery would fill the partitions with tombstones.
                 // A failed row left behind by reordering is filtered on read.
@@ -783,18 +804,20 @@ impl NotificationStore for CqlStore {
             .await
     }
 
+    async fn attempts(&self, id: NotificationId) -> Result<Vec<Attempt>> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.st.select_attempts, (id.0,))
+            .await?
+            .into_rows_result()?;
+        rows.rows::<AttemptRow>()?
+            .map(|r| attempt_from_row(r?))
+            .collect::<Result<Vec<_>>>()
+    }
+
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>> {
-        let attempts = async {
-            let rows = self
-                .session
-                .execute_unpaged(&self.st.select_attempts, (id.0,))
-                .await?
-                .into_rows_result()?;
-            rows.rows::<AttemptRow>()?
-                .map(|r| attempt_from_row(r?))
-                .collect::<Result<Vec<_>>>()
-        };
-        let (notification, attempts) = futures::try_join!(self.load_notification(id), attempts)?;
+        let (notification, attempts) =
+            futures::try_join!(self.load_notification(id), self.attempts(id))?;
         Ok(notification.map(|notification| {
             let state = NotificationState::derive(&notification.content, &attempts);
             NotificationRecord {

@@ -62,10 +62,12 @@ pub trait NotificationStore: Send + Sync {
     /// the other notifications of the batch.
     async fn append_notifications(&self, batch: &[Notification]) -> Result<Vec<Accepted>>;
 
-    /// Store attempts and fold each into the state projection (status from
-    /// [`Attempt::implied_status`], attempt count from `attempt_no`, last and
-    /// next attempt time), with the attempt's `started_at` as the write time:
-    /// the latest attempt wins whatever the order of arrival. Response
+    /// Store attempts and fold each into the state projection (status and
+    /// next attempt time from [`Attempt::implied_status`], unless it implies
+    /// none, as a failed manual re-send does; attempt count from
+    /// `attempt_no` and last attempt time), with the attempt's `started_at`
+    /// as the write time: the latest attempt wins whatever the order of
+    /// arrival. Response
     /// excerpts and error texts are bounded by
     /// [`StoreLimits::max_response_excerpt_bytes`].
     ///
@@ -73,6 +75,11 @@ pub trait NotificationStore: Send + Sync {
     /// [`StoreError::NotFound`] for an unknown notification and
     /// [`StoreError::Invalid`] for a `render_failed` one.
     async fn append_attempts(&self, batch: &[Attempt]) -> Result<()>;
+
+    /// The attempts of one notification, ordered by start time then attempt
+    /// id (empty for an unknown one): what [`herald_core::History`] reads
+    /// before an automatic retry, without the stored request.
+    async fn attempts(&self, id: NotificationId) -> Result<Vec<Attempt>>;
 
     /// One notification with its attempts, or `None`.
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>>;

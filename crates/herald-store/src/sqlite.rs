@@ -29,7 +29,11 @@ use crate::{
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
 /// `PRAGMA user_version` once [`SCHEMA`] is applied.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+/// From version 1: the state projection's status keeps its own write time.
+const MIGRATE_1_TO_2: &str = "ALTER TABLE notification_state \
+     ADD COLUMN status_ts INTEGER NOT NULL DEFAULT 0; \
+     UPDATE notification_state SET status_ts = write_ts;";
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -300,6 +304,10 @@ impl NotificationStore for SqliteStore {
             .map(drop)
     }
 
+    async fn attempts(&self, id: NotificationId) -> Result<Vec<Attempt>> {
+        self.read(move |c| read_attempts(c, &id.to_string())).await
+    }
+
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>> {
         self.read(move |c| {
             let id_s = id.to_string();
@@ -313,15 +321,7 @@ impl NotificationStore for SqliteStore {
             let Some(notification) = notification else {
                 return Ok(None);
             };
-            let mut stmt = c.prepare_cached(
-                "SELECT notification_id, started_at, attempt_id, attempt_no, trigger, \
-                 duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at \
-                 FROM attempts WHERE notification_id = ?1 ORDER BY started_at, attempt_id",
-            )?;
-            let attempts = stmt
-                .query_map([&id_s], |r| Ok(read_attempt(r)))?
-                .map(|r| r?)
-                .collect::<Result<Vec<_>>>()?;
+            let attempts = read_attempts(c, &id_s)?;
             let state = NotificationState::derive(&notification.content, &attempts);
             Ok(Some(NotificationRecord {
                 notification,
@@ -411,8 +411,9 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
             display(&cfg.path)
         )));
     }
+    let upgrade = if version == 1 { MIGRATE_1_TO_2 } else { "" };
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
     Ok(conn)
 }
@@ -488,15 +489,23 @@ fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Ve
     Ok(results)
 }
 
-/// Emulates a CQL write with `USING TIMESTAMP`: the row is replaced only by
-/// a write with the same or a later write time.
+/// Emulates CQL writes with `USING TIMESTAMP`, per column group as CQL
+/// keeps a write time per column: the count (attempts, last attempt time)
+/// and the status (status, next due time) are each replaced only by a write
+/// with the same or a later write time. A failed manual re-send writes the
+/// count alone (its status write time is -1, which never wins).
 const UPSERT_STATE: &str = "INSERT INTO notification_state \
-     (notification_id, status, attempts, last_attempt_at, next_attempt_at, write_ts) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-     ON CONFLICT (notification_id) DO UPDATE SET status = excluded.status, \
-     attempts = excluded.attempts, last_attempt_at = excluded.last_attempt_at, \
-     next_attempt_at = excluded.next_attempt_at, write_ts = excluded.write_ts \
-     WHERE excluded.write_ts >= notification_state.write_ts";
+     (notification_id, status, attempts, last_attempt_at, next_attempt_at, write_ts, status_ts) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT (notification_id) DO UPDATE SET \
+     attempts = CASE WHEN excluded.write_ts >= write_ts THEN excluded.attempts ELSE attempts END, \
+     last_attempt_at = CASE WHEN excluded.write_ts >= write_ts \
+         THEN excluded.last_attempt_at ELSE last_attempt_at END, \
+     write_ts = MAX(write_ts, excluded.write_ts), \
+     status = CASE WHEN excluded.status_ts >= status_ts THEN excluded.status ELSE status END, \
+     next_attempt_at = CASE WHEN excluded.status_ts >= status_ts \
+         THEN excluded.next_attempt_at ELSE next_attempt_at END, \
+     status_ts = MAX(status_ts, excluded.status_ts)";
 
 fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
     let content = serde_json::to_string(&n.content)
@@ -529,6 +538,7 @@ fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
             s.attempts,
             None::<i64>,
             None::<i64>,
+            created * 1000,
             created * 1000,
         ])?;
         return Ok(Accepted::New);
@@ -585,13 +595,19 @@ fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
         a.response_excerpt,
         a.next_attempt_at.map(to_ms),
     ])?;
+    let ts = attempt_write_ts(a.started_at, created_ms);
+    let (status, status_ts) = match a.implied_status() {
+        Some(status) => (status, ts),
+        None => (Status::Pending, -1),
+    };
     tx.prepare_cached(UPSERT_STATE)?.execute(params![
         id,
-        a.implied_status().as_str(),
+        status.as_str(),
         a.attempt_no,
         to_ms(a.started_at),
         a.next_attempt_at.map(to_ms),
-        attempt_write_ts(a.started_at, created_ms),
+        ts,
+        status_ts,
     ])?;
     Ok(())
 }
@@ -645,6 +661,17 @@ fn read_listed(r: &Row<'_>) -> Result<ListedNotification> {
         notification: read_notification(r)?,
         state: read_state(r, N_COUNT)?,
     })
+}
+
+fn read_attempts(c: &Connection, id: &str) -> Result<Vec<Attempt>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT notification_id, started_at, attempt_id, attempt_no, trigger, \
+         duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at \
+         FROM attempts WHERE notification_id = ?1 ORDER BY started_at, attempt_id",
+    )?;
+    stmt.query_map([id], |r| Ok(read_attempt(r)))?
+        .map(|r| r?)
+        .collect()
 }
 
 fn read_attempt(r: &Row<'_>) -> Result<Attempt> {

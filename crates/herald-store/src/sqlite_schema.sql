@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS notification_state (
     attempts        INTEGER NOT NULL,
     last_attempt_at INTEGER,
     next_attempt_at INTEGER,
-    write_ts        INTEGER NOT NULL   -- emulates the CQL write timestamp
+    write_ts        INTEGER NOT NULL,  -- emulates the CQL write time of attempts, last_attempt_at
+    status_ts       INTEGER NOT NULL   -- ... and of status, next_attempt_at
 );
 
 -- The standalone retry scheduler: due retries and crash recovery.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::pipeline::{self, SkipReason, Verdict};
+use herald_core::pipeline::{self, History, SkipReason, Verdict};
 use herald_core::{
     Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Tiers, Trigger, Webhooks,
 };
@@ -106,10 +106,19 @@ pub(super) enum Work {
 pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
     match work {
         Work::Deliver { job, maybe_done } => {
-            if (maybe_done || job.check_state) && !still_owed(&shared, &job, maybe_done).await {
-                return;
-            }
-            deliver(&shared, &job).await
+            // A fresh first job is attempt 1 by construction. A retry, or a
+            // job that may have been done, reads the attempts on record: it
+            // is numbered after all of them (manual re-sends included) and
+            // is made only while still owed.
+            let number = if maybe_done || job.check_state || job.trigger == Trigger::Retry {
+                match still_owed(&shared, &job, maybe_done).await {
+                    Some(number) => number,
+                    None => return,
+                }
+            } else {
+                job.attempt
+            };
+            deliver(&shared, &job, number).await
         }
         Work::Resend(cmd) => resend(&shared, &cmd).await,
         Work::Invalid {
@@ -139,61 +148,56 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
     }
 }
 
-/// Whether a job that may have been done already (redone after a
-/// rebalance or crash, or made for a known notification) is still owed,
-/// by the store's state ([`pipeline::verdict`]). A job that is not owed is
-/// counted and skipped; a redone one whose next hop may be missing
-/// schedules that hop instead of sending again. When the store cannot say,
-/// the job runs (a duplicate, never a loss).
-async fn still_owed(shared: &Shared, job: &DeliveryJob, redone: bool) -> bool {
+/// The number to make this automatic job's attempt under, or `None` when it
+/// is no longer owed ([`pipeline::verdict`] on the attempts on record). A
+/// job that is not owed is counted and skipped; a redone one whose next hop
+/// may be missing schedules that hop instead of sending again. When the
+/// store cannot say, the job runs under its own number (a duplicate, never
+/// a loss).
+async fn still_owed(shared: &Shared, job: &DeliveryJob, redone: bool) -> Option<u32> {
     let id = job.notification_id;
-    let Some(state) = retry_store("state", shared, || shared.store.state(id)).await else {
-        return true;
+    let Some(attempts) = retry_store("attempts", shared, || shared.store.attempts(id)).await else {
+        return Some(job.attempt);
     };
+    let history = History::of(&attempts);
     let label = shared.label(&job.webhook_id);
-    match pipeline::verdict(state.as_ref(), job.attempt, redone) {
-        Verdict::Send => true,
-        Verdict::Skip(reason) => {
-            shared
-                .metrics
-                .skipped
-                .with_label_values(&[label, reason.as_str()])
-                .inc();
-            debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, reason = reason.as_str(), "job no longer owed: skipped");
-            false
-        }
-        Verdict::Resume { attempt, due_at } => {
-            let first_failure_at = job
-                .first_failure_at
-                .or(state.as_ref().and_then(|s| s.last_attempt_at));
+    let reason = match pipeline::verdict(&history, job.attempt, redone) {
+        Verdict::Send => return Some(history.next_number()),
+        Verdict::Skip(reason) => reason,
+        Verdict::Resume { step, due_at } => {
             let next = DeliveryJob {
-                attempt,
+                attempt: step,
                 trigger: Trigger::Retry,
                 due_at,
-                first_failure_at,
+                first_failure_at: job.first_failure_at.or(history.first_failure_at),
                 check_state: true,
                 ..job.clone()
             };
             let delay = (due_at - Utc::now()).to_std().unwrap_or_default();
             let tier = shared.tiers.for_delay(delay);
             publish_job(shared, &shared.topics.retry(&tier.name), &next, None).await;
-            shared
-                .metrics
-                .skipped
-                .with_label_values(&[label, SkipReason::AlreadyAttempted.as_str()])
-                .inc();
-            debug!(webhook = %job.webhook_id, notification = %id, attempt = job.attempt, next = attempt, "redone job already attempted: its retry scheduled again");
-            false
+            debug!(webhook = %job.webhook_id, notification = %id, step = job.attempt, next = step, "redone job already attempted: its retry scheduled again");
+            SkipReason::AlreadyAttempted
         }
-    }
+    };
+    shared
+        .metrics
+        .skipped
+        .with_label_values(&[label, reason.as_str()])
+        .inc();
+    debug!(webhook = %job.webhook_id, notification = %id, step = job.attempt, reason = reason.as_str(), "job no longer owed: skipped");
+    None
 }
 
-/// Attempt a delivery job, record it and publish its next hop.
-async fn deliver(shared: &Shared, job: &DeliveryJob) {
+/// Attempt a delivery job as attempt `number`, record it and publish its
+/// next hop. The job's own `attempt` is its automatic step, which the retry
+/// policy counts.
+async fn deliver(shared: &Shared, job: &DeliveryJob, number: u32) {
     let plan = AttemptPlan {
         notification_id: job.notification_id,
         webhook_id: &job.webhook_id,
-        attempt_no: job.attempt,
+        attempt_no: number,
+        step: job.attempt,
         trigger: job.trigger,
         first_failure_at: job.first_failure_at,
         request: &job.request,
@@ -211,7 +215,7 @@ async fn deliver(shared: &Shared, job: &DeliveryJob) {
         }
         Decision::Retry { due_at, tier, .. } => {
             let next = DeliveryJob {
-                attempt: a.attempt_no + 1,
+                attempt: job.attempt + 1,
                 trigger: Trigger::Retry,
                 due_at: *due_at,
                 first_failure_at: Some(job.first_failure_at.unwrap_or(a.started_at)),
@@ -231,7 +235,7 @@ async fn deliver(shared: &Shared, job: &DeliveryJob) {
         }
         Decision::Exhausted { reason } => {
             let dead = DeliveryJob {
-                attempt: a.attempt_no,
+                attempt: job.attempt,
                 first_failure_at: Some(job.first_failure_at.unwrap_or(a.started_at)),
                 last_error: a.error.clone(),
                 ..job.clone()
@@ -299,6 +303,7 @@ async fn resend(shared: &Shared, cmd: &ResendCommand) {
         notification_id: id,
         webhook_id: &record.notification.webhook_id,
         attempt_no,
+        step: attempt_no,
         trigger: Trigger::Manual,
         first_failure_at: None,
         request,

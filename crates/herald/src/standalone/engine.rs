@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::circuit::CircuitView;
-use herald_core::pipeline::{self, Verdict};
+use herald_core::pipeline::{self, History, Verdict};
 use herald_core::{
     Accepted, Admission, CircuitChange, CircuitState, Circuits, CloudEvent, Decision, Notification,
     NotificationId, Status, Trigger, Webhooks,
@@ -33,6 +33,8 @@ use super::metrics::Metrics;
 #[derive(Debug, Clone)]
 struct Work {
     notification: Arc<Notification>,
+    /// For automatic work its step (1 for the first attempt); the recorded
+    /// number comes from the attempts on record when it runs.
     attempt_no: u32,
     trigger: Trigger,
     first_failure_at: Option<DateTime<Utc>>,
@@ -287,17 +289,15 @@ impl Engine {
             });
         }
         for (n, state) in due {
-            // The age limit counts from the first failure: read it back.
-            let first_failure_at = match self.store.get(n.id).await? {
-                Some(r) => r.attempts.iter().map(|a| a.started_at).min(),
-                None => None,
-            };
+            // The next step and where the age limit counts from, from the
+            // attempts on record (manual re-sends are no steps).
+            let history = History::of(&self.store.attempts(n.id).await?);
             let at = state.next_attempt_at.unwrap_or(now);
             self.enqueue(Work {
                 notification: Arc::new(n),
-                attempt_no: state.attempts + 1,
+                attempt_no: history.automatic + 1,
                 trigger: Trigger::Retry,
-                first_failure_at,
+                first_failure_at: history.first_failure_at,
                 due_at: at,
                 check_state: false,
             });
@@ -352,9 +352,19 @@ impl Engine {
     async fn deliver(&self, deliverer: &Deliverer, work: Work) {
         let n = &work.notification;
         let Some(request) = n.request() else { return };
-        if work.check_state && work.trigger != Trigger::Manual && !self.still_owed(&work).await {
-            return;
-        }
+        // Retries, re-sends and work for a known notification are numbered
+        // after the attempts on record, one attempt of a notification at a
+        // time until it is recorded; automatic ones only while still owed.
+        // A fresh first attempt is number 1 by construction.
+        let (_turn, attempt_no) = if work.trigger != Trigger::Auto || work.check_state {
+            let turn = self.resend_locks.lock(n.id).await;
+            match self.number(&work).await {
+                Some(number) => (Some(turn), number),
+                None => return,
+            }
+        } else {
+            (None, work.attempt_no)
+        };
         // A manual re-send is an operator's explicit request: it goes
         // through an open circuit and says nothing about it.
         let gated = work.trigger != Trigger::Manual;
@@ -385,26 +395,11 @@ impl Engine {
             });
             return;
         }
-        // A re-send takes the number after the attempts on record, one
-        // re-send of a notification at a time, until it is recorded.
-        let (_turn, attempt_no) = if work.trigger == Trigger::Manual {
-            let turn = self.resend_locks.lock(n.id).await;
-            let attempt_no = match self.store.get(n.id).await {
-                Ok(Some(r)) => u32::try_from(r.attempts.len()).unwrap_or(u32::MAX - 1) + 1,
-                Ok(None) => work.attempt_no,
-                Err(e) => {
-                    warn!(error = %e, notification = %n.id, "re-send: attempts unreadable; using the number counted when it was queued");
-                    work.attempt_no
-                }
-            };
-            (Some(turn), attempt_no)
-        } else {
-            (None, work.attempt_no)
-        };
         let plan = AttemptPlan {
             notification_id: n.id,
             webhook_id: &n.webhook_id,
             attempt_no,
+            step: work.attempt_no,
             trigger: work.trigger,
             first_failure_at: work.first_failure_at,
             request,
@@ -444,7 +439,7 @@ impl Engine {
                 let first = work.first_failure_at.unwrap_or(a.started_at);
                 self.enqueue(Work {
                     notification: work.notification.clone(),
-                    attempt_no: a.attempt_no + 1,
+                    attempt_no: work.attempt_no + 1,
                     trigger: Trigger::Retry,
                     first_failure_at: Some(first),
                     due_at: *due_at,
@@ -464,32 +459,36 @@ impl Engine {
         let _ = self.attempts.send((work.notification.clone(), result));
     }
 
-    /// Whether an automatic attempt scheduled for a notification that was
-    /// known already is still owed ([`pipeline::verdict`]): another job of
-    /// it may have made the attempt meanwhile. When the store cannot say,
-    /// it is sent (a duplicate, never a loss).
-    async fn still_owed(&self, work: &Work) -> bool {
+    /// The number of `work`'s attempt, after the attempts on record, or
+    /// `None` when an automatic one is no longer owed ([`pipeline::verdict`]:
+    /// delivered, exhausted, or made by another copy). When the store cannot
+    /// say, the work keeps its own number (a duplicate, never a loss).
+    async fn number(&self, work: &Work) -> Option<u32> {
         let n = &work.notification;
-        let state = match self.store.state(n.id).await {
-            Ok(state) => state,
+        let attempts = match self.store.attempts(n.id).await {
+            Ok(attempts) => attempts,
             Err(e) => {
-                warn!(error = %e, notification = %n.id, "state unreadable; sending");
-                return true;
+                warn!(error = %e, notification = %n.id, "attempts unreadable; using the queued number");
+                return Some(work.attempt_no);
             }
         };
-        match pipeline::verdict(state.as_ref(), work.attempt_no, false) {
-            Verdict::Send => true,
+        let history = History::of(&attempts);
+        if work.trigger == Trigger::Manual {
+            return Some(history.next_number());
+        }
+        match pipeline::verdict(&history, work.attempt_no, false) {
+            Verdict::Send => Some(history.next_number()),
             Verdict::Skip(reason) => {
                 self.metrics
                     .skipped
                     .with_label_values(&[&n.webhook_id, reason.as_str()])
                     .inc();
-                debug!(webhook = %n.webhook_id, notification = %n.id, attempt = work.attempt_no, reason = reason.as_str(), "attempt no longer owed: skipped");
-                false
+                debug!(webhook = %n.webhook_id, notification = %n.id, step = work.attempt_no, reason = reason.as_str(), "attempt no longer owed: skipped");
+                None
             }
             // Only a redone job resumes, and standalone redoes nothing: it
-            // schedules from the store's state after a restart.
-            Verdict::Resume { .. } => false,
+            // schedules from the store after a restart.
+            Verdict::Resume { .. } => None,
         }
     }
 
