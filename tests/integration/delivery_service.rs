@@ -629,3 +629,59 @@ async fn a_store_that_refuses_attempts_stalls_and_commits_nothing() {
     assert_eq!(attempts[0].outcome, Outcome::Success);
     assert_eq!(rx.received().len(), 1, "sent once");
 }
+
+/// A failed manual re-send between automatic attempts (Kafka mode): it takes
+/// the next number, closes nothing, and the retry chain goes on under the
+/// numbers after it; the policy counts automatic attempts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resend_between_retries_takes_the_next_number_and_closes_nothing() {
+    let Some(w) = KafkaWorld::new("dsvc_interleave", PARTITIONS).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    rx.set_default(Reply::status(503));
+    let retry = "max_attempts = 2\ninitial_delay = \"3s\"\nmultiplier = 1.0\nmax_delay = \"3s\"\njitter = 0.0";
+    let hook = format!(
+        "{}[webhooks.circuit]\nenabled = false\n",
+        webhook("crm", &rx.url("/h"), "5s", retry)
+    );
+    let toml = definitions(&[hook]);
+    let webhooks = Webhooks::from_toml(&toml).unwrap();
+    let svc = start(w.config(), &toml).await;
+    let n = w.ingest(&webhooks, loans("interleave", 1)).await.remove(0);
+    eventually("the first attempt", Duration::from_secs(60), async || {
+        (w.attempts(n.id).await.len() == 1).then_some(())
+    })
+    .await;
+    publish_resend(
+        &w.producer,
+        &w.topics,
+        &ResendCommand {
+            notification_id: n.id,
+            reason: "test".into(),
+            requested_by: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    eventually("exhausted", Duration::from_secs(60), async || {
+        (w.attempts(n.id).await.len() == 3 && w.status(n.id).await == Some(Status::Failed))
+            .then_some(())
+    })
+    .await;
+    svc.stop().await;
+    let attempts = w.attempts(n.id).await;
+    let rows: Vec<(u32, Trigger)> = attempts.iter().map(|a| (a.attempt_no, a.trigger)).collect();
+    assert_eq!(
+        rows,
+        [
+            (1, Trigger::Auto),
+            (2, Trigger::Manual),
+            (3, Trigger::Retry)
+        ],
+        "unique, gapless, and the re-send is no automatic step"
+    );
+    // The precondition, checked: the re-send came between the two.
+    assert!(attempts[1].started_at < attempts[2].started_at);
+    assert_eq!(rx.received().len(), 3);
+}

@@ -341,6 +341,120 @@ async fn deliver_retry_exhaust_and_resend_through_the_api() {
     running.wait().await;
 }
 
+/// A failed manual re-send while retries are scheduled: it takes the next
+/// number, closes nothing, and the automatic retries go on, also across a
+/// restart; attempt numbers stay unique and gapless and the retry policy
+/// counts the automatic attempts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resend_between_retries_closes_nothing_even_across_a_restart() {
+    let down = TestReceiver::start().await;
+    down.set_default(Reply::status(500));
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_interleave"));
+    let toml = format!(
+        r#"
+[[webhooks]]
+id = "clients"
+events = ["bank.client.created"]
+url = "{url}"
+body = '{{"client": {{{{json subject}}}}}}'
+[webhooks.retry]
+max_attempts = 3
+initial_delay = "3s"
+multiplier = 1.0
+max_delay = "3s"
+jitter = 0.0
+[webhooks.circuit]
+enabled = false
+"#,
+        url = down.url("/clients")
+    );
+    let boot = async |shutdown: CancellationToken| {
+        let config = StandaloneConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: dir.join("herald.db"),
+            api_tokens: vec![TOKEN.into()],
+            ssrf_allow: vec!["127.0.0.0/8".into()],
+            ..StandaloneConfig::default()
+        };
+        let webhooks = Webhooks::from_toml(&toml).unwrap();
+        let secrets: HashMap<SecretRef, String> = HashMap::new();
+        let running = standalone::start(config, webhooks, Arc::new(secrets), shutdown)
+            .await
+            .expect("start");
+        let http = HttpSender::new(SenderConfig {
+            ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
+            max_response_excerpt: 1 << 20,
+            ..SenderConfig::default()
+        });
+        let api = Api {
+            base: format!("http://{}", running.addr),
+            http,
+        };
+        (api, running)
+    };
+    let shutdown = CancellationToken::new();
+    let (api, running) = boot(shutdown.clone()).await;
+    let (_, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(TOKEN),
+            Some(event("i1", "bank.client.created", "C-1")),
+        )
+        .await;
+    let id = body["notifications"][0].as_str().unwrap().to_owned();
+    api.wait_record(&id, "first attempt", |r| {
+        r["attempts"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/v1/notifications/{id}/resend"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let record = api
+        .wait_record(&id, "the re-send", |r| {
+            r["attempts"].as_array().unwrap().len() == 2
+        })
+        .await;
+    assert_eq!(record["state"]["status"], "retrying", "{record:#}");
+    shutdown.cancel();
+    running.wait().await;
+    let restarted = Utc::now();
+
+    let shutdown = CancellationToken::new();
+    let (api, running) = boot(shutdown.clone()).await;
+    let record = api
+        .wait_record(&id, "exhausted", |r| r["state"]["status"] == "failed")
+        .await;
+    shutdown.cancel();
+    running.wait().await;
+    let attempts = record["attempts"].as_array().unwrap();
+    let row = |a: &Value| {
+        (
+            a["attempt_no"].as_u64().unwrap(),
+            a["trigger"].as_str().unwrap().to_owned(),
+        )
+    };
+    let rows: Vec<_> = attempts.iter().map(row).collect();
+    let expected =
+        [(1, "auto"), (2, "manual"), (3, "retry"), (4, "retry")].map(|(n, t)| (n, t.to_owned()));
+    assert_eq!(rows, expected, "{record:#}");
+    // The precondition, checked rather than assumed: the re-send came
+    // between the automatic attempts, and the restart before the retry.
+    let started = |i: usize| time(&attempts[i]["started_at"]);
+    assert!(started(1) < started(2), "the re-send came before the retry");
+    assert!(
+        started(2) > restarted,
+        "the retry was made after the restart"
+    );
+    assert_eq!(down.received().len(), 4);
+}
+
 #[tokio::test]
 async fn a_blank_token_is_refused_at_start_up() {
     let rx = TestReceiver::start().await;
