@@ -107,12 +107,24 @@ impl SqliteConfig {
 
 enum WriteOp {
     Notifications(Vec<Notification>, Reply),
-    Attempts(Vec<Attempt>, Reply),
+    /// Attempts, and the queued re-send request they carry out (removed in
+    /// the same transaction).
+    Attempts(Vec<Attempt>, Option<i64>, Reply),
+    /// Queue a re-send request of a notification.
+    Resend(NotificationId, Reply),
 }
 
-/// The writer's answer: what each appended notification found (empty for
-/// attempts).
-type Reply = oneshot::Sender<Result<Vec<Accepted>>>;
+/// The writer's answer.
+#[derive(Debug)]
+enum Written {
+    /// What each appended notification found.
+    Notifications(Vec<Accepted>),
+    Attempts,
+    /// The id of the queued re-send request.
+    Resend(i64),
+}
+
+type Reply = oneshot::Sender<Result<Written>>;
 
 /// The embedded [`NotificationStore`]. Cheap to share behind an `Arc`;
 /// dropping the last handle stops the writer thread after it has committed
@@ -200,7 +212,45 @@ impl SqliteStore {
         .await
     }
 
-    async fn write(&self, op: impl FnOnce(Reply) -> WriteOp) -> Result<Vec<Accepted>> {
+    /// Queue a re-send of a notification, durably: the request survives a
+    /// crash until [`SqliteStore::record_resend`] records its attempt.
+    /// Returns the request's id. (Standalone's re-sends; Kafka mode queues
+    /// them on the resend topic instead.)
+    pub async fn queue_resend(&self, id: NotificationId) -> Result<i64> {
+        match self.write(|tx| WriteOp::Resend(id, tx)).await? {
+            Written::Resend(request) => Ok(request),
+            _ => unreachable!("a resend write answers with its request id"),
+        }
+    }
+
+    /// Record a re-send's attempt and remove its queued request, in one
+    /// transaction.
+    pub async fn record_resend(&self, attempt: &Attempt, request: i64) -> Result<()> {
+        let batch = vec![self.limits.bound_attempt(attempt)];
+        self.write(|tx| WriteOp::Attempts(batch, Some(request), tx))
+            .await
+            .map(drop)
+    }
+
+    /// Re-send requests queued and not yet carried out (request id and
+    /// notification), oldest first: standalone runs them again after a
+    /// restart.
+    pub async fn pending_resends(&self) -> Result<Vec<(i64, NotificationId)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT request_id, notification_id FROM resend_requests ORDER BY request_id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            rows.map(|r| {
+                let (request, id) = r?;
+                Ok((request, parse(&id, "notification id")?))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn write(&self, op: impl FnOnce(Reply) -> WriteOp) -> Result<Written> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(op(tx))
@@ -291,7 +341,10 @@ impl NotificationStore for SqliteStore {
             self.limits.check_notification(n)?;
         }
         let batch = batch.to_vec();
-        self.write(|tx| WriteOp::Notifications(batch, tx)).await
+        match self.write(|tx| WriteOp::Notifications(batch, tx)).await? {
+            Written::Notifications(found) => Ok(found),
+            _ => unreachable!("a notifications write answers with what it found"),
+        }
     }
 
     async fn append_attempts(&self, batch: &[Attempt]) -> Result<()> {
@@ -299,7 +352,7 @@ impl NotificationStore for SqliteStore {
             return Ok(());
         }
         let batch = batch.iter().map(|a| self.limits.bound_attempt(a)).collect();
-        self.write(|tx| WriteOp::Attempts(batch, tx))
+        self.write(|tx| WriteOp::Attempts(batch, None, tx))
             .await
             .map(drop)
     }
@@ -454,11 +507,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_group:
 
 fn reply(op: WriteOp) -> Reply {
     match op {
-        WriteOp::Notifications(_, tx) | WriteOp::Attempts(_, tx) => tx,
+        WriteOp::Notifications(_, tx) | WriteOp::Attempts(_, _, tx) | WriteOp::Resend(_, tx) => tx,
     }
 }
 
-fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Vec<Accepted>>>> {
+fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Written>>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
     // Savepoint statements are prepared once and cached: rusqlite's
@@ -471,13 +524,30 @@ fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Ve
     for op in group {
         exec("SAVEPOINT herald_append")?;
         let r = match op {
-            WriteOp::Notifications(ns, _) => {
-                ns.iter().map(|n| insert_notification(&tx, n)).collect()
-            }
-            WriteOp::Attempts(atts, _) => atts
+            WriteOp::Notifications(ns, _) => ns
+                .iter()
+                .map(|n| insert_notification(&tx, n))
+                .collect::<Result<_>>()
+                .map(Written::Notifications),
+            WriteOp::Attempts(atts, request, _) => atts
                 .iter()
                 .try_for_each(|a| insert_attempt(&tx, a))
-                .map(|()| Vec::new()),
+                .and_then(|()| match request {
+                    Some(r) => {
+                        tx.prepare_cached("DELETE FROM resend_requests WHERE request_id = ?1")?
+                            .execute([r])?;
+                        Ok(())
+                    }
+                    None => Ok(()),
+                })
+                .map(|()| Written::Attempts),
+            WriteOp::Resend(id, _) => tx
+                .prepare_cached(
+                    "INSERT INTO resend_requests (notification_id, requested_at) VALUES (?1, ?2)",
+                )
+                .and_then(|mut st| st.execute(params![id.to_string(), to_ms(Utc::now())]))
+                .map(|_| Written::Resend(tx.last_insert_rowid()))
+                .map_err(StoreError::from),
         };
         if r.is_err() {
             exec("ROLLBACK TO herald_append")?;
@@ -746,7 +816,7 @@ mod tests {
         let (t3, _r3) = oneshot::channel();
         let group = [
             WriteOp::Notifications(vec![a.clone()], t1),
-            WriteOp::Attempts(vec![attempt(&a), attempt(&stranger)], t2),
+            WriteOp::Attempts(vec![attempt(&a), attempt(&stranger)], None, t2),
             WriteOp::Notifications(vec![b], t3),
         ];
         let results = apply_group(&mut conn, &group).unwrap();

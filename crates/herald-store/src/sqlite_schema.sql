@@ -48,3 +48,12 @@ CREATE TABLE IF NOT EXISTS notification_state (
 -- The standalone retry scheduler: due retries and crash recovery.
 CREATE INDEX IF NOT EXISTS notification_state_due
     ON notification_state (status, next_attempt_at);
+
+-- Standalone's re-send requests: durable before the API answers 202, removed
+-- in the transaction that records the re-send's attempt, run again after a
+-- restart.
+CREATE TABLE IF NOT EXISTS resend_requests (
+    request_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    notification_id TEXT NOT NULL,
+    requested_at    INTEGER NOT NULL
+);

@@ -163,3 +163,111 @@ async fn kill_dash_nine_mid_load_loses_nothing() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A re-send is durable once acknowledged: killed with its request in
+/// flight (the receiver holds it unanswered, by construction), the
+/// restarted process sends the stored request again and records it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_acknowledged_before_a_kill_is_sent_after_the_restart() {
+    let rx = TestReceiver::start().await;
+    rx.push_replies([Reply::ok()]);
+    rx.set_default(Reply::slow(200, Duration::from_secs(300)));
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_resend_kill"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("webhooks.toml"),
+        format!(
+            "[[webhooks]]\nid = \"postings\"\nevents = [\"bank.*\"]\nurl = \"{}\"\nbody = '{{\"id\": {{{{json id}}}}}}'\n",
+            rx.url("/postings")
+        ),
+    )
+    .unwrap();
+    let http = HttpSender::new(SenderConfig {
+        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
+        max_response_excerpt: 1 << 20,
+        ..SenderConfig::default()
+    });
+    let headers = vec![
+        ("authorization".to_owned(), format!("Bearer {TOKEN}")),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    let call = async |addr: &str, method: &str, path: &str, body: Option<Value>| {
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let r = http
+            .send(
+                method,
+                &format!("http://{addr}{path}"),
+                &headers,
+                body,
+                Duration::from_secs(10),
+            )
+            .await;
+        let text = r.response_excerpt.unwrap_or_default();
+        (
+            r.http_status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let attempts_of = async |addr: &str, id: &str, n: usize| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, record) = call(addr, "GET", &format!("/v1/notifications/{id}"), None).await;
+            if record["attempts"].as_array().is_some_and(|a| a.len() >= n) {
+                return record;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} attempts not reached: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let (mut child, addr) = spawn(&dir);
+    let event = json!({"specversion": "1.0", "id": "r-1", "source": "/core", "type": "bank.deposit.posted"});
+    let (status, body) = call(&addr, "POST", "/v1/events", Some(event)).await;
+    assert_eq!(status, Some(202), "{body}");
+    let id = body["notifications"][0].as_str().unwrap().to_owned();
+    attempts_of(&addr, &id, 1).await;
+    let (status, body) = call(
+        &addr,
+        "POST",
+        &format!("/v1/notifications/{id}/resend"),
+        None,
+    )
+    .await;
+    assert_eq!(status, Some(202), "{body}");
+    // The re-send is in flight, held unanswered by the receiver: kill.
+    rx.wait_for(2, Duration::from_secs(30)).await;
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    rx.set_default(Reply::ok());
+
+    let (mut child, addr) = spawn(&dir);
+    let record = attempts_of(&addr, &id, 2).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rows: Vec<(u64, &str)> = record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt_no"].as_u64().unwrap(),
+                a["trigger"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(1, "auto"), (2, "manual")], "{record}");
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        3,
+        "first attempt, the re-send cut by the kill, the re-send again"
+    );
+    for r in &got {
+        assert_eq!(r.body, got[0].body, "the stored bytes every time");
+        assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,6 +42,8 @@ struct Work {
     /// Read the state before sending; send only if still owed
     /// ([`pipeline::verdict`]).
     check_state: bool,
+    /// The durable re-send request a manual attempt carries out.
+    resend_request: Option<i64>,
 }
 
 /// One notification of an accepted batch, as the API reports it.
@@ -217,6 +219,7 @@ impl Engine {
                     first_failure_at: None,
                     due_at: now,
                     check_state: owed.check_state,
+                    resend_request: None,
                 };
                 self.enqueue(work);
             } else if status == Status::RenderFailed && !known {
@@ -234,7 +237,9 @@ impl Engine {
 
     /// Queue a manual re-send of the stored request: one attempt, now.
     /// Returns `Ok(false)` when there is no such notification or it has no
-    /// request (render failed).
+    /// request (render failed). The request is durable when this returns
+    /// `Ok(true)`: a crash before its attempt is recorded runs it again
+    /// after the restart.
     pub async fn resend(&self, id: NotificationId) -> Result<bool, StoreError> {
         let Some(record) = self.store.get(id).await? else {
             return Ok(false);
@@ -242,18 +247,23 @@ impl Engine {
         if record.notification.request().is_none() {
             return Ok(false);
         }
-        // Numbered again when it runs (see `deliver`): re-sends queued
-        // together would all read the same count here.
-        let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
-        self.enqueue(Work {
-            notification: Arc::new(record.notification),
-            attempt_no,
+        let request = self.store.queue_resend(id).await?;
+        self.enqueue(Self::resend_work(record.notification, request));
+        Ok(true)
+    }
+
+    /// The work of a queued re-send; numbered when it runs (see `deliver`),
+    /// since re-sends queued together would all read the same count here.
+    fn resend_work(notification: Notification, request: i64) -> Work {
+        Work {
+            notification: Arc::new(notification),
+            attempt_no: 0,
             trigger: Trigger::Manual,
             first_failure_at: None,
             due_at: Utc::now(),
             check_state: false,
-        });
-        Ok(true)
+            resend_request: Some(request),
+        }
     }
 
     fn enqueue(&self, work: Work) {
@@ -285,7 +295,10 @@ impl Engine {
                 trigger: Trigger::Auto,
                 first_failure_at: None,
                 due_at: now,
-                check_state: false,
+                // A failed re-send may have been made meanwhile: number it
+                // after the attempts on record.
+                check_state: true,
+                resend_request: None,
             });
         }
         for (n, state) in due {
@@ -300,7 +313,19 @@ impl Engine {
                 first_failure_at: history.first_failure_at,
                 due_at: at,
                 check_state: false,
+                resend_request: None,
             });
+        }
+        for (request, id) in self.store.pending_resends().await? {
+            match self.store.get(id).await? {
+                Some(r) if r.notification.request().is_some() => {
+                    info!(notification = %id, "re-send accepted before the restart: sending it");
+                    self.enqueue(Self::resend_work(r.notification, request));
+                }
+                _ => {
+                    warn!(notification = %id, request, "queued re-send of a notification that cannot be sent: left as is")
+                }
+            }
         }
         Ok(())
     }
@@ -416,7 +441,7 @@ impl Engine {
             );
             self.circuit_changes();
         }
-        self.record(&result).await;
+        self.record(&result, work.resend_request).await;
         let a = &result.attempt;
         self.metrics
             .attempts
@@ -444,6 +469,7 @@ impl Engine {
                     first_failure_at: Some(first),
                     due_at: *due_at,
                     check_state: false,
+                    resend_request: None,
                 });
             }
             Decision::Exhausted { reason } => {
@@ -494,14 +520,19 @@ impl Engine {
 
     /// Record an attempt, retrying while the store is unavailable: an attempt
     /// that is not on record would be made again after a restart.
-    async fn record(&self, result: &AttemptResult) {
+    async fn record(&self, result: &AttemptResult, resend_request: Option<i64>) {
         let mut backoff = Duration::from_millis(50);
+        let attempt = &result.attempt;
         loop {
-            match self
-                .store
-                .append_attempts(std::slice::from_ref(&result.attempt))
-                .await
-            {
+            let recorded = match resend_request {
+                Some(request) => self.store.record_resend(attempt, request).await,
+                None => {
+                    self.store
+                        .append_attempts(std::slice::from_ref(attempt))
+                        .await
+                }
+            };
+            match recorded {
                 Ok(()) => return,
                 Err(e) if e.is_input_fault() => {
                     error!(error = %e, notification = %result.attempt.notification_id, "attempt could not be recorded");
