@@ -685,3 +685,66 @@ async fn a_failed_resend_between_retries_takes_the_next_number_and_closes_nothin
     assert!(attempts[1].started_at < attempts[2].started_at);
     assert_eq!(rx.received().len(), 3);
 }
+
+/// A receiver whose `302` carries a `Location` of 350 KB of obs-text bytes
+/// (each becomes a 3-byte U+FFFD when decoded): the error is bounded before
+/// it reaches the record or the retry job, so the job still fits the
+/// producer's limit, the partition's offsets advance and the chain ends.
+/// Before, the retry job exceeded `message.max.bytes` and its publish was
+/// retried for ever, freezing the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_obs_text_location_is_bounded_and_the_partition_flows() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(w) = KafkaWorld::new("dsvc_location", PARTITIONS).await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/h", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let server = tokio::spawn(async move {
+        let mut head = b"HTTP/1.1 302 Found\r\nLocation: https://x/".to_vec();
+        head.extend(std::iter::repeat_n(0xffu8, 350 * 1024));
+        head.extend_from_slice(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let head = std::sync::Arc::new(head);
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let head = head.clone();
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(&head).await;
+            });
+        }
+    });
+    let toml = definitions(&[webhook("crm", &url, "5s", FAST_RETRY)]);
+    let webhooks = Webhooks::from_toml(&toml).unwrap();
+    let config = w.config();
+    let group = config.group_id.clone();
+    let svc = start(config, &toml).await;
+    let n = w.ingest(&webhooks, loans("location", 1)).await.remove(0);
+    eventually("exhausted", Duration::from_secs(60), async || {
+        (w.status(n.id).await == Some(Status::Failed)).then_some(())
+    })
+    .await;
+    eventually(
+        "every offset committed",
+        Duration::from_secs(60),
+        async || (w.uncommitted_deliveries(&group) == 0).then_some(()),
+    )
+    .await;
+    svc.stop().await;
+    server.abort();
+    let attempts = w.attempts(n.id).await;
+    assert_eq!(attempts.len(), 2, "both attempts recorded");
+    for a in &attempts {
+        let error = a.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("http 302: redirect to https://x/"),
+            "{error:.80}"
+        );
+        assert!(error.len() <= 1100, "error bounded: {} bytes", error.len());
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

@@ -11,6 +11,7 @@ pub mod render;
 pub mod retry;
 pub mod secret;
 pub mod signing;
+pub mod text;
 pub mod webhook;
 
 pub use circuit::{Admission, CircuitChange, CircuitConfig, CircuitState, Circuits};

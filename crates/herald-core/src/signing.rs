@@ -66,9 +66,11 @@ impl SigningSecret {
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
         let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let key = BASE64
-            .decode(encoded)
-            .map_err(|e| SigningError::InvalidSecret(format!("expected whsec_<base64>: {e}")))?;
+        // The decoder's own message names the offending byte and where it
+        // is: secret material. Say only what is expected.
+        let key = BASE64.decode(encoded).map_err(|_| {
+            SigningError::InvalidSecret("expected whsec_<base64>: not valid base64".into())
+        })?;
         if !(24..=64).contains(&key.len()) {
             return Err(SigningError::InvalidSecret(format!(
                 "key is {} bytes, expected 24 to 64",
@@ -332,10 +334,19 @@ mod tests {
         let s = SigningSecret::parse(SPEC_SECRET).unwrap();
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert_eq!(s.to_whsec(), SPEC_SECRET);
-        assert_eq!(
-            SigningSecret::parse("whsec_!!").unwrap_err().to_string(),
-            "invalid signing secret: expected whsec_<base64>: Invalid symbol 33, offset 0."
-        );
+        // No byte, offset or fragment of the secret in the message.
+        for bad in [
+            "whsec_!!",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw!",
+            "whsec_abc",
+            "Zm9v$",
+        ] {
+            assert_eq!(
+                SigningSecret::parse(bad).unwrap_err().to_string(),
+                "invalid signing secret: expected whsec_<base64>: not valid base64",
+                "{bad}"
+            );
+        }
         assert_eq!(
             SigningSecret::parse("whsec_c2hvcnQ=")
                 .unwrap_err()

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use herald_core::Outcome;
+use herald_core::text::one_line;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -23,6 +24,13 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use crate::ssrf::{SsrfGuard, SsrfRefused};
+
+/// Longest error text of an attempt (the store bounds it again).
+pub const MAX_ERROR_BYTES: usize = 1024;
+/// Longest part of a redirect's `Location` quoted in the error.
+const MAX_LOCATION_BYTES: usize = 512;
+/// A `Retry-After` longer than this is no date or number: ignored.
+const MAX_RETRY_AFTER_BYTES: usize = 64;
 
 /// Settings of the sender shared by every webhook.
 #[derive(Debug, Clone)]
@@ -163,11 +171,22 @@ impl HttpSender {
                     },
                     http_status: Some(status),
                     duration: started.elapsed(),
+                    // Receiver-supplied heads are bounded here, before they
+                    // reach a record, a log line or a retry job: hyper takes
+                    // heads of hundreds of KB, and obs-text bytes triple in
+                    // size as U+FFFD.
                     error: (!success).then(|| match parts.headers.get(http::header::LOCATION) {
-                        Some(loc) if parts.status.is_redirection() => format!(
-                            "http {status}: redirect to {} not followed",
-                            String::from_utf8_lossy(loc.as_bytes())
-                        ),
+                        Some(loc) if parts.status.is_redirection() => {
+                            let bytes = &loc.as_bytes()[..loc.len().min(MAX_LOCATION_BYTES)];
+                            let shown =
+                                one_line(&String::from_utf8_lossy(bytes), MAX_LOCATION_BYTES);
+                            let more = if loc.len() > MAX_LOCATION_BYTES {
+                                "…"
+                            } else {
+                                ""
+                            };
+                            format!("http {status}: redirect to {shown}{more} not followed")
+                        }
                         _ => format!("http {status}"),
                     }),
                     response_excerpt: excerpt_text(&excerpt),
@@ -175,6 +194,7 @@ impl HttpSender {
                         .headers
                         .get(http::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
+                        .filter(|v| v.len() <= MAX_RETRY_AFTER_BYTES)
                         .map(str::to_owned),
                 }
             }
@@ -236,7 +256,7 @@ fn refused(error: String, started: Instant) -> SendResult {
         outcome: Outcome::Refused,
         http_status: None,
         duration: started.elapsed(),
-        error: Some(error),
+        error: Some(one_line(&error, MAX_ERROR_BYTES)),
         response_excerpt: None,
         retry_after: None,
     }
@@ -289,7 +309,7 @@ fn classify_error(error: &hyper_util::client::legacy::Error, started: Instant) -
         outcome,
         http_status: None,
         duration: started.elapsed(),
-        error: Some(format!("{kind}: {detail}")),
+        error: Some(one_line(&format!("{kind}: {detail}"), MAX_ERROR_BYTES)),
         response_excerpt: None,
         retry_after: None,
     }

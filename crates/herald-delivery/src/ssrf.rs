@@ -94,6 +94,8 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         _ if ip.is_link_local() => "link-local",
         [100, b, ..] if (64..128).contains(&b) => "shared (carrier-grade NAT)",
         [192, 0, 0, _] => "IETF protocol assignment",
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation (TEST-NET)",
+        [192, 88, 99, _] => "6to4 relay",
         [198, b, ..] if b == 18 || b == 19 => "benchmarking",
         _ if ip.is_multicast() => "multicast",
         _ if ip.is_broadcast() || o[0] >= 240 => "reserved",
@@ -109,8 +111,17 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         _ if ip.is_multicast() => "multicast",
         [s, ..] if s & 0xfe00 == 0xfc00 => "unique local (private)",
         [s, ..] if s & 0xffc0 == 0xfe80 => "link-local",
-        // NAT64 can reach any IPv4 address, internal ones included.
+        [s, ..] if s & 0xffc0 == 0xfec0 => "site-local (deprecated)",
+        // Translation and tunnelling prefixes can reach any IPv4 address,
+        // internal ones included: NAT64 (64:ff9b::/96 and the local-use
+        // 64:ff9b:1::/48), 6to4 (2002::/16), Teredo (2001::/32) and
+        // IPv4-translated addresses (::ffff:0:0:0/96).
         [0x64, 0xff9b, ..] => "NAT64",
+        [0x2002, ..] => "6to4",
+        [0x2001, 0, ..] => "Teredo",
+        [0, 0, 0, 0, 0xffff, 0, _, _] => "IPv4-translated",
+        [0x2001, 0xdb8, ..] => "documentation",
+        [0x100, 0, 0, 0, ..] => "discard-only",
         // IPv4-compatible (deprecated) addresses.
         [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible",
         _ => return None,
@@ -140,6 +151,17 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:169.254.169.254", "link-local"),
             ("64:ff9b::a00:1", "NAT64"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("192.0.2.10", "documentation (TEST-NET)"),
+            ("198.51.100.7", "documentation (TEST-NET)"),
+            ("203.0.113.1", "documentation (TEST-NET)"),
+            ("192.88.99.1", "6to4 relay"),
+            ("2002:a00:1::1", "6to4"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            ("::ffff:0:a00:1", "IPv4-translated"),
+            ("fec0::1", "site-local (deprecated)"),
+            ("2001:db8::1", "documentation"),
+            ("100::1", "discard-only"),
         ] {
             let err = guard.check(addr.parse().unwrap()).unwrap_err();
             assert_eq!(err.reason, reason, "{addr}");
@@ -153,7 +175,12 @@ mod tests {
     #[test]
     fn public_addresses_pass_and_allow_list_opens_ranges() {
         let guard = SsrfGuard::default();
-        for addr in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+        for addr in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "2001:4860:4860::8888",
+        ] {
             assert!(guard.check(addr.parse().unwrap()).is_ok(), "{addr}");
         }
         let guard = SsrfGuard::from_allow_list(&["127.0.0.0/8", "10.9.9.9"]).unwrap();

@@ -160,7 +160,7 @@ pub(crate) fn dead_letter_headers(message: &OwnedMessage, error: &str) -> OwnedH
             });
         }
     }
-    let error = one_line(error, MAX_ERROR_HEADER_BYTES);
+    let error = herald_core::text::one_line(error, MAX_ERROR_HEADER_BYTES);
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
     out.insert(Header {
@@ -179,22 +179,6 @@ pub(crate) fn dead_letter_headers(message: &OwnedMessage, error: &str) -> OwnedH
         key: headers::ORIGIN_OFFSET,
         value: Some(&offset),
     })
-}
-
-/// `text` on one line, at most `max` bytes (cut on a char boundary).
-fn one_line(text: &str, max: usize) -> String {
-    let mut line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if line.len() > max {
-        let mut cut = max;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-    }
-    line
 }
 
 #[cfg(test)]
@@ -355,6 +339,5 @@ body = "loan {{subject}} {{data.missing}}"
         assert_eq!(get(headers::ORIGIN_TOPIC), Some("in"));
         assert_eq!(get(headers::ORIGIN_PARTITION), Some("3"));
         assert_eq!(get(headers::ORIGIN_OFFSET), Some("42"));
-        assert_eq!(one_line("ééé", 3), "é");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::pipeline::{self, History, SkipReason, Verdict};
+use herald_core::text::one_line;
 use herald_core::{
     Admission, Attempt, Decision, DeliveryJob, Outcome, ResendCommand, Tiers, Trigger, Webhooks,
 };
@@ -486,7 +487,7 @@ async fn publish_job(shared: &Shared, topic: &str, job: &DeliveryJob, reason: Op
         ));
     }
     if let Some(e) = &job.last_error {
-        hdrs = hdrs.insert(header(headers::LAST_ERROR, truncate(e, MAX_ERROR_HEADER)));
+        hdrs = hdrs.insert(header(headers::LAST_ERROR, &one_line(e, MAX_ERROR_HEADER)));
     }
     if let Some(r) = reason {
         hdrs = hdrs.insert(header(headers::ERROR, r));
@@ -530,29 +531,5 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
         value: Some(value),
-    }
-}
-
-/// At most `max` bytes, cut on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("aé", 2), "a");
-        assert_eq!(truncate("aéb", 3), "aé");
     }
 }

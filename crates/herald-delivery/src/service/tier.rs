@@ -98,7 +98,7 @@ impl Partitions {
         if let Some(old) = self.states.remove(&tp)
             && let Some((_, key)) = old.waiting
         {
-            self.timers.remove(&key);
+            self.forget_timer(&key);
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -127,7 +127,7 @@ impl Partitions {
         if let Some(old) = self.states.remove(&(topic.to_owned(), partition))
             && let Some((_, key)) = old.waiting
         {
-            self.timers.remove(&key);
+            self.forget_timer(&key);
         }
     }
 
@@ -174,11 +174,14 @@ impl Partitions {
             state.paused = true;
         }
         flow.seek(topic, partition, offset);
-        if let Some((_, key)) = state.waiting.take() {
-            self.timers.remove(&key);
+        let old = state.waiting.take();
+        if let Some((_, key)) = old {
+            self.forget_timer(&key);
         }
-        let key = self.timers.insert(tp, delay);
-        state.waiting = Some((offset, key));
+        let key = self.timers.insert(tp.clone(), delay);
+        if let Some(state) = self.states.get_mut(&tp) {
+            state.waiting = Some((offset, key));
+        }
     }
 
     /// Whether a message about to start may already have been done by this
@@ -264,19 +267,33 @@ impl Partitions {
         self.states.values().filter(|s| s.waiting.is_some()).count()
     }
 
-    /// The next partition whose head became due.
+    /// The next partition whose head became due. Its timer key is spent
+    /// here, at once: a revoke or an assignment applied before
+    /// [`Partitions::due`] must not remove it again (`DelayQueue::remove`
+    /// panics on a spent key).
     pub(super) fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Option<Tp>> {
-        self.timers
+        let polled = self
+            .timers
             .poll_expired(cx)
-            .map(|e| e.map(|e| e.into_inner()))
-    }
-
-    /// A head became due: resume the partition unless it is full.
-    pub(super) fn due(&mut self, flow: &impl Flow, tp: &Tp) {
-        if let Some(s) = self.states.get_mut(tp) {
+            .map(|e| e.map(|e| e.into_inner()));
+        if let Poll::Ready(Some(tp)) = &polled
+            && let Some(s) = self.states.get_mut(tp)
+        {
             s.waiting = None;
         }
+        polled
+    }
+
+    /// A head became due: resume the partition unless it is full (or gone).
+    pub(super) fn due(&mut self, flow: &impl Flow, tp: &Tp) {
         self.reconcile(flow, &tp.0, tp.1);
+    }
+
+    /// Drop a partition's timer, if it still has one.
+    fn forget_timer(&mut self, key: &Key) {
+        // `try_remove`: a key can only be spent by `poll_due`, which clears
+        // it first; this stays safe if that ever changes.
+        let _ = self.timers.try_remove(key);
     }
 
     fn reconcile(&mut self, flow: &impl Flow, topic: &str, partition: i32) {
@@ -380,6 +397,31 @@ mod tests {
             "the revoked timer is gone"
         );
         assert!(f.take().is_empty());
+    }
+
+    /// A rebalance applied between a timer firing and its handling: the
+    /// spent key is never removed again (that panicked in `DelayQueue`).
+    #[tokio::test(start_paused = true)]
+    async fn a_revoke_or_assign_right_after_a_timer_fired_does_not_panic() {
+        let f = Recorder::default();
+        let mut p = Partitions::new(100, 10);
+        for reassign in [false, true] {
+            p.assign(&f, "t", 0);
+            p.wait(&f, "t", 0, 7, Duration::from_secs(1));
+            let tp = poll_fn(|cx| p.poll_due(cx)).await.unwrap();
+            if reassign {
+                p.assign(&f, "t", 0);
+            } else {
+                p.revoke("t", 0);
+            }
+            p.due(&f, &tp);
+            assert_eq!(p.waiting(), 0);
+            // The partition can wait again on a new head.
+            p.assign(&f, "t", 0);
+            p.wait(&f, "t", 0, 8, Duration::from_secs(1));
+            assert_eq!(p.waiting(), 1);
+            p.revoke("t", 0);
+        }
     }
 
     #[test]
