@@ -20,12 +20,14 @@ use herald_delivery::DeliveryConfig;
 use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
 use herald_kafka::{KafkaConfig, Topics};
 use herald_store::cql::CqlStore;
-use herald_store::{ListQuery, NotificationStore, Page, StoreError, StoreLimits, TimeRange};
+use herald_store::{
+    ListQuery, MAX_PAGE_SIZE, NotificationStore, Page, StoreError, StoreLimits, TimeRange,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
@@ -255,6 +257,7 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) {
     let conns = tracker.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tracker.spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -264,11 +267,22 @@ pub fn spawn(
                     Err(e) => { warn!(error = %e, "accept failed"); continue; }
                 },
             };
+            // At most MAX_CONNECTIONS at once: further clients wait in the
+            // listen backlog rather than take memory and tasks.
+            let Ok(permit) = connections.clone().acquire_owned().await else {
+                break;
+            };
             let state = state.clone();
             let shutdown = shutdown.clone();
             conns.spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |req| handle(state.clone(), req));
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // A client that trickles its head is cut off.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -284,6 +298,13 @@ pub fn spawn(
 
 type Resp = Response<Full<Bytes>>;
 
+/// Connections served at once by one API listener.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -291,7 +312,16 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["readyz"]) => text(StatusCode::OK, "ready"),
         (&Method::GET, ["metrics"]) => match &state.backend {
-            Backend::Standalone(engine) => text(StatusCode::OK, &engine.metrics.render()),
+            Backend::Standalone(engine) => {
+                let mut resp = text(StatusCode::OK, &engine.metrics.render());
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                resp
+            }
             // Kafka mode: the service's own listener serves /metrics.
             Backend::Kafka { .. } => not_found(&req),
         },
@@ -311,9 +341,44 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
         (&Method::POST, ["v1", "circuits", webhook, "close"]) => {
             close_circuit(&state, webhook).await
         }
-        _ => not_found(&req),
+        _ => match allowed(segments.as_slice()) {
+            Some(allow) => method_not_allowed(&req, allow),
+            None => not_found(&req),
+        },
     };
     Ok(resp)
+}
+
+/// The methods a known path answers to, for a 405's `Allow`.
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["healthz"] | ["readyz"] | ["metrics"] => "GET",
+        ["v1", "events"] => "POST",
+        ["v1", "notifications"] => "GET",
+        ["v1", "notifications", "resend"] => "POST",
+        ["v1", "notifications", _] => "GET",
+        ["v1", "notifications", _, "resend"] => "POST",
+        ["v1", "circuits"] => "GET",
+        ["v1", "circuits", _, "close"] => "POST",
+        _ => return None,
+    })
+}
+
+fn method_not_allowed(req: &Request<Incoming>, allow: &'static str) -> Resp {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!(
+            "{} {} is not served; use {allow}",
+            req.method(),
+            req.uri().path()
+        ),
+    );
+    resp.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
+    );
+    resp
 }
 
 fn not_found(req: &Request<Incoming>) -> Resp {
@@ -349,9 +414,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_json(state: &ApiState, req: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = Limited::new(req.into_body(), state.max_request_bytes)
-        .collect()
+    let collect = Limited::new(req.into_body(), state.max_request_bytes).collect();
+    let body = tokio::time::timeout(BODY_READ_TIMEOUT, collect)
         .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "request body not received within {}s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?
         .map_err(|_| {
             ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -498,7 +573,9 @@ fn filter(params: &[(String, String)]) -> Result<Filter, ApiError> {
         None => 100,
         Some(l) => l
             .parse()
-            .map_err(|_| bad(format!("limit={l:?} is not a number")))?,
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| bad(format!("limit={l:?}: expected 1 to {MAX_PAGE_SIZE}")))?,
     };
     Ok(Filter {
         webhook,
@@ -594,6 +671,10 @@ fn json_resp(status: StatusCode, value: Value) -> Resp {
 fn text(status: StatusCode, body: &str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -661,7 +742,12 @@ async fn close_circuit(state: &ApiState, webhook: &str) -> Resp {
 struct ApiError(StatusCode, &'static str, String);
 
 impl ApiError {
+    /// A store error: the caller's fault (a bad cursor or range) is a 400,
+    /// anything else a 503.
     fn store(e: StoreError) -> Self {
+        if e.is_input_fault() {
+            return ApiError(StatusCode::BAD_REQUEST, "invalid_query", e.to_string());
+        }
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",

@@ -455,6 +455,74 @@ enabled = false
     assert_eq!(down.received().len(), 4);
 }
 
+/// One raw HTTP/1.1 exchange (the sender shows no response headers).
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+/// What the caller got wrong gets a 4xx that says so, never a 5xx; an
+/// undeclared method a 405 with `Allow`; a client trickling its head is
+/// cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
+    let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
+    let shutdown = CancellationToken::new();
+    let (api, running) = start(&ok, &down, shutdown.clone()).await;
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let put = raw(
+        running.addr,
+        &format!("PUT /v1/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(put.starts_with("http/1.1 405"), "{put}");
+    assert!(put.contains("\r\nallow: post\r\n"), "{put}");
+    let metrics = raw(
+        running.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{metrics:.300}"
+    );
+    for query in ["limit=0", "limit=1001", "limit=x", "cursor=not-a-cursor"] {
+        let (status, body) = api
+            .call(
+                "GET",
+                &format!("/v1/notifications?webhook=loans&{query}"),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/notifications/resend",
+            Some(TOKEN),
+            Some(json!({"webhook": "loans", "cursor": "not-a-cursor"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // A head that never ends: the connection is closed after the
+    // header-read timeout, not held.
+    let started = tokio::time::Instant::now();
+    let trickle = raw(running.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(!trickle.contains("200 ok"), "{trickle}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    shutdown.cancel();
+    running.wait().await;
+}
+
 #[tokio::test]
 async fn a_blank_token_is_refused_at_start_up() {
     let rx = TestReceiver::start().await;
