@@ -5,6 +5,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+
+/// Decodes `data_base64` as RFC 4648 permits: unused trailing bits of the
+/// last symbol need not be zero (several producers leave them set).
+const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -163,11 +171,11 @@ impl CloudEvent {
         let data = obj.remove("data");
         let data = match (data, data_base64) {
             (None | Some(Value::Null), None) => None,
-            (None | Some(Value::Null), Some(b64)) => {
-                Some(EventData::Binary(BASE64.decode(b64.as_bytes()).map_err(
-                    |e| invalid("data_base64", format!("not valid base64: {e}")),
-                )?))
-            }
+            (None | Some(Value::Null), Some(b64)) => Some(EventData::Binary(
+                BASE64_IN
+                    .decode(b64.as_bytes())
+                    .map_err(|e| invalid("data_base64", format!("not valid base64: {e}")))?,
+            )),
             (Some(_), Some(_)) => {
                 return Err(EventError::InvalidData(
                     "both `data` and `data_base64` are present".into(),

@@ -335,6 +335,8 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
             list(&state, req.uri().query().unwrap_or("")).await
         }
         (&Method::POST, ["v1", "notifications", "resend"]) => bulk_resend(&state, req).await,
+        // Not a notification id: the bulk route, with another method.
+        (_, ["v1", "notifications", "resend"]) => method_not_allowed(&req, "POST"),
         (&Method::GET, ["v1", "notifications", id]) => get(&state, id).await,
         (&Method::POST, ["v1", "notifications", id, "resend"]) => resend(&state, id).await,
         (&Method::GET, ["v1", "circuits"]) => circuits(&state).await,
@@ -582,7 +584,8 @@ fn filter(params: &[(String, String)]) -> Result<Filter, ApiError> {
         status,
         range,
         limit,
-        cursor: get("cursor").map(str::to_owned),
+        // An empty cursor is the first page, like none.
+        cursor: get("cursor").filter(|c| !c.is_empty()).map(str::to_owned),
     })
 }
 
@@ -613,14 +616,7 @@ async fn list(state: &ApiState, query: &str) -> Resp {
     }
     match state.backend.store().list(&q).await {
         Ok(page) => json_resp(StatusCode::OK, page_json(&page)),
-        Err(e) if !e.is_retriable() => {
-            error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string())
-        }
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            &e.to_string(),
-        ),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -640,14 +636,33 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let params: Vec<(String, String)> = body
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let Some(object) = body.as_object() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected a JSON object {\"webhook\", \"status\", \"from\", \"to\"}",
+        );
+    };
+    let mut params = Vec::with_capacity(object.len());
+    for (k, v) in object {
+        if !["webhook", "status", "from", "to"].contains(&k.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("unknown field {k:?}: expected webhook, status, from and to"),
+            );
+        }
+        match v {
+            Value::String(s) => params.push((k.clone(), s.clone())),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    &format!("{k}: expected a string, got {other}"),
+                );
+            }
+        }
+    }
     let f = match filter(&params) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -745,6 +760,11 @@ impl ApiError {
     /// A store error: the caller's fault (a bad cursor or range) is a 400,
     /// anything else a 503.
     fn store(e: StoreError) -> Self {
+        // Like a `starting_after` that names no object: the page a cursor
+        // this API never handed out points to does not exist.
+        if matches!(e, StoreError::InvalidCursor(_)) {
+            return ApiError(StatusCode::NOT_FOUND, "cursor_not_found", e.to_string());
+        }
         if e.is_input_fault() {
             return ApiError(StatusCode::BAD_REQUEST, "invalid_query", e.to_string());
         }

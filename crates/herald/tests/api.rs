@@ -493,7 +493,7 @@ async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
         metrics.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
         "{metrics:.300}"
     );
-    for query in ["limit=0", "limit=1001", "limit=x", "cursor=not-a-cursor"] {
+    for query in ["limit=0", "limit=1001", "limit=x", "from=yesterday"] {
         let (status, body) = api
             .call(
                 "GET",
@@ -504,15 +504,28 @@ async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
             .await;
         assert_eq!(status, 400, "{query}: {body}");
     }
+    // A cursor this API never handed out names no page.
     let (status, body) = api
         .call(
-            "POST",
-            "/v1/notifications/resend",
+            "GET",
+            "/v1/notifications?webhook=loans&cursor=not-a-cursor",
             Some(TOKEN),
-            Some(json!({"webhook": "loans", "cursor": "not-a-cursor"})),
+            None,
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "cursor_not_found", "{body}");
+    for bad in [
+        json!({"webhook": "loans", "to": {}}),
+        json!({"webhook": "loans", "to": null}),
+        json!({"webhook": "loans", "cursor": "x"}),
+        json!(["loans"]),
+    ] {
+        let (status, body) = api
+            .call("POST", "/v1/notifications/resend", Some(TOKEN), Some(bad))
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
     // A head that never ends: the connection is closed after the
     // header-read timeout, not held.
     let started = tokio::time::Instant::now();
