@@ -560,7 +560,8 @@ fn filter(params: &[(String, String)]) -> Result<Filter, ApiError> {
             .map_err(|e| bad(format!("{k}={v:?} is not an RFC 3339 time: {e}"))),
     };
     let webhook = get("webhook")
-        .ok_or_else(|| bad("webhook is required".into()))?
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| bad("webhook is required (a webhook id)".into()))?
         .to_owned();
     let status = match get("status") {
         None => None,
