@@ -353,7 +353,9 @@ pub struct DeliveryJob {
     pub webhook_id: String,
     pub event_type: String,
     pub subject: Option<String>,
-    /// The attempt this job will make (1 for the first).
+    /// This job's automatic step (1 for the first attempt): what the retry
+    /// policy counts. The attempt is recorded under the number after those
+    /// on record, which is the same unless a manual re-send came between.
     pub attempt: u32,
     pub trigger: Trigger,
     /// When the notification was created. (The retry age limit counts from

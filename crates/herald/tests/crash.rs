@@ -44,16 +44,10 @@ fn spawn(dir: &std::path::Path) -> (Child, String) {
     (child, addr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_mid_load_loses_nothing() {
-    let rx = TestReceiver::start().await;
-    // The first 100 requests are answered; every later one hangs, so when the
-    // kill lands some notifications are delivered and others are in flight,
-    // unanswered, whatever the machine's speed.
-    const ANSWERED: usize = 100;
-    rx.push_replies((0..ANSWERED).map(|_| Reply::slow(200, Duration::from_millis(5))));
-    rx.set_default(Reply::slow(200, Duration::from_secs(300)));
-    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_crash"));
+/// A fresh directory holding a webhook file that posts every bank event to
+/// `rx`.
+fn workdir(name: &str, rx: &TestReceiver) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(herald_tests::unique_name(name));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("webhooks.toml"),
@@ -63,7 +57,11 @@ async fn kill_dash_nine_mid_load_loses_nothing() {
         ),
     )
     .unwrap();
+    dir
+}
 
+/// An HTTP client for the API on loopback, and the headers of its calls.
+fn client() -> (HttpSender, Vec<(String, String)>) {
     let http = HttpSender::new(SenderConfig {
         ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
         max_response_excerpt: 1 << 20,
@@ -73,6 +71,20 @@ async fn kill_dash_nine_mid_load_loses_nothing() {
         ("authorization".to_owned(), format!("Bearer {TOKEN}")),
         ("content-type".to_owned(), "application/json".to_owned()),
     ];
+    (http, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_load_loses_nothing() {
+    let rx = TestReceiver::start().await;
+    // The first 100 requests are answered; every later one hangs, so when the
+    // kill lands some notifications are delivered and others are in flight,
+    // unanswered, whatever the machine's speed.
+    const ANSWERED: usize = 100;
+    rx.push_replies((0..ANSWERED).map(|_| Reply::slow(200, Duration::from_millis(5))));
+    rx.set_default(Reply::slow(200, Duration::from_secs(300)));
+    let dir = workdir("herald_crash", &rx);
+    let (http, headers) = client();
 
     let (mut child, addr) = spawn(&dir);
     let mut accepted: HashSet<String> = HashSet::new();
@@ -172,25 +184,8 @@ async fn a_resend_acknowledged_before_a_kill_is_sent_after_the_restart() {
     let rx = TestReceiver::start().await;
     rx.push_replies([Reply::ok()]);
     rx.set_default(Reply::slow(200, Duration::from_secs(300)));
-    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_resend_kill"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("webhooks.toml"),
-        format!(
-            "[[webhooks]]\nid = \"postings\"\nevents = [\"bank.*\"]\nurl = \"{}\"\nbody = '{{\"id\": {{{{json id}}}}}}'\n",
-            rx.url("/postings")
-        ),
-    )
-    .unwrap();
-    let http = HttpSender::new(SenderConfig {
-        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
-        max_response_excerpt: 1 << 20,
-        ..SenderConfig::default()
-    });
-    let headers = vec![
-        ("authorization".to_owned(), format!("Bearer {TOKEN}")),
-        ("content-type".to_owned(), "application/json".to_owned()),
-    ];
+    let dir = workdir("herald_resend_kill", &rx);
+    let (http, headers) = client();
     let call = async |addr: &str, method: &str, path: &str, body: Option<Value>| {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let r = http

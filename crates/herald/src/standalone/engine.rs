@@ -495,7 +495,7 @@ impl Engine {
             Ok(attempts) => attempts,
             Err(e) => {
                 warn!(error = %e, notification = %n.id, "attempts unreadable; using the queued number");
-                return Some(work.attempt_no);
+                return Some(work.attempt_no.max(1));
             }
         };
         let history = History::of(&attempts);
