@@ -90,13 +90,14 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
     let hooks = definitions(&[webhook(
         "dead",
         &receiver.url("/hook"),
-        "failure_threshold = 3\nfailure_ratio = 0.5\nwindow = \"30s\"\ncooldown = \"2s\"",
+        "failure_threshold = 3\nfailure_ratio = 0.5\nwindow = \"1s\"\ncooldown = \"2s\"\nmax_cooldown = \"2s\"\nhalf_open_probes = 1",
     )]);
     let webhooks = Webhooks::from_toml(&hooks).unwrap();
     let service = start(worker(&w, "w1"), &hooks).await;
     let notifications = w.ingest(&webhooks, loans("p", 20)).await;
 
-    // The circuit opens after 3 failures; let at least one probe fail.
+    // The circuit opens once the failures held for a window; let at least
+    // one probe fail.
     eventually(
         "a failed probe re-opened the circuit",
         Duration::from_secs(60),
@@ -134,13 +135,22 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
     );
     assert_eq!(states[opens..], [CircuitState::Closed], "{states:?}");
     assert!(changes.iter().all(|c| c.changed_by == "w1"));
-    assert_eq!(changes[0].reason, "3 of 3 attempts failed within 30s");
+    assert!(
+        changes[0]
+            .reason
+            .ends_with("attempts failed within 1s; cool-down 2s"),
+        "{}",
+        changes[0].reason
+    );
 
     // While open or half-open the receiver saw only the probes: one per
     // cool-down, the last of which closed the circuit.
     let got = receiver.received();
     let (opened, closed) = (changes[0].since, changes[opens].since);
     let probes = requests_between(&got, opened, closed);
+    // Every request before the circuit opened failed (the failures had to
+    // hold for a window); one request at a time, so none was in flight.
+    let to_open = requests_between(&got, DateTime::<Utc>::MIN_UTC, opened);
     eprintln!(
         "circuit open {:.1}s: {probes} probe requests, {opens} opens, {} requests in all",
         (closed - opened).num_milliseconds() as f64 / 1000.0,
@@ -149,7 +159,7 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
     assert_eq!(probes, opens);
 
     // Parking consumed no attempt: every notification's attempts are
-    // numbered 1..=n without gaps, and the only failed attempts are the 3
+    // numbered 1..=n without gaps, and the only failed attempts are those
     // that opened the circuit and the failed probes.
     let mut total = 0;
     let mut single = 0;
@@ -162,9 +172,9 @@ async fn a_failing_endpoint_sees_only_probes_and_gets_every_parked_notification_
         single += usize::from(attempts.len() == 1);
     }
     assert_eq!(total, got.len(), "one recorded attempt per request");
-    assert_eq!(total, 20 + 3 + (opens - 1));
+    assert_eq!(total, 20 + to_open + (opens - 1));
     assert!(
-        single >= 20 - 3 - (opens - 1),
+        single >= 20usize.saturating_sub(to_open + opens - 1),
         "{single} delivered at attempt 1"
     );
 }
@@ -182,7 +192,7 @@ async fn a_second_webhook_on_the_same_partitions_keeps_flowing_while_the_first_i
             "dead",
             &dead.url("/dead"),
             // The window still holds the healthy phase's successes.
-            "failure_threshold = 3\nfailure_ratio = 0.005\ncooldown = \"5s\"",
+            "failure_threshold = 3\nfailure_ratio = 0.005\nwindow = \"2s\"\ncooldown = \"5s\"\nhalf_open_probes = 1",
         ),
         webhook("live", &live.url("/live"), ""),
     ]);
@@ -260,7 +270,7 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
     let opener = definitions(&[webhook(
         "dead",
         &receiver.url("/hook"),
-        "failure_threshold = 3\ncooldown = \"10m\"",
+        "failure_threshold = 3\nwindow = \"1s\"\ncooldown = \"10m\"",
     )]);
     let follower = definitions(&[webhook(
         "dead",
@@ -320,4 +330,56 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
     assert!(after <= 1, "{after} requests after both workers knew");
     w1.stop().await;
     w2.stop().await;
+}
+
+/// A receiver that rejects the first two attempts of every notification and
+/// accepts the third is never starved: a burst of notifications, retries
+/// after 1 s, and a window (6 s) longer than the time to the third attempt,
+/// as the defaults are. Every notification is delivered at its third
+/// attempt, with one request per recorded attempt; parking, if the breaker
+/// ever parks, changes no attempt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_accepts_the_third_attempt_is_never_starved() {
+    let Some(w) = KafkaWorld::new("circuit_k2", PARTITIONS).await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    receiver.fail_first(2, 503);
+    let hooks = definitions(&[webhook(
+        "dedup",
+        &receiver.url("/hook"),
+        "failure_threshold = 3\nwindow = \"6s\"\ncooldown = \"1s\"",
+    )]);
+    let webhooks = Webhooks::from_toml(&hooks).unwrap();
+    let mut config = worker(&w, "w1");
+    config.max_in_flight_per_webhook = 16;
+    let service = start(config, &hooks).await;
+    let notifications = w.ingest(&webhooks, loans("k", 60)).await;
+    for n in &notifications {
+        eventually(
+            "every notification delivered",
+            Duration::from_secs(90),
+            async || (w.status(n.id).await == Some(Status::Delivered)).then_some(()),
+        )
+        .await;
+    }
+    service.stop().await;
+    for n in &notifications {
+        let mut numbers: Vec<(u32, bool)> = w
+            .attempts(n.id)
+            .await
+            .iter()
+            .map(|a| (a.attempt_no, a.outcome == herald_core::Outcome::Success))
+            .collect();
+        numbers.sort();
+        assert_eq!(numbers, [(1, false), (2, false), (3, true)], "{}", n.id);
+    }
+    assert_eq!(receiver.received().len(), 3 * notifications.len());
+    eprintln!(
+        "circuit changes: {:?}",
+        w.circuit_changes()
+            .iter()
+            .map(|c| (c.state, c.reason.clone()))
+            .collect::<Vec<_>>()
+    );
 }

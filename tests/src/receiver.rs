@@ -76,6 +76,10 @@ struct Script {
     queue: VecDeque<Reply>,
     /// The reply once the queue is empty.
     default: Option<Reply>,
+    /// Answer the first `k` requests of each `webhook-id` with `status`
+    /// (after the queue, before the default).
+    fail_first: Option<(usize, u16)>,
+    seen: std::collections::HashMap<String, usize>,
 }
 
 /// A running receiver. Dropping it stops the server.
@@ -135,6 +139,13 @@ impl TestReceiver {
     /// Queue replies for the next requests, in order.
     pub fn push_replies(&self, replies: impl IntoIterator<Item = Reply>) {
         self.script.lock().unwrap().queue.extend(replies);
+    }
+
+    /// Answer the first `k` requests of every notification (by its
+    /// `webhook-id` header) with `status`, and later ones as by default:
+    /// a receiver that locks or deduplicates and accepts a retry.
+    pub fn fail_first(&self, k: usize, status: u16) {
+        self.script.lock().unwrap().fail_first = Some((k, status));
     }
 
     /// The reply for every request once the queue is used up.
@@ -209,11 +220,20 @@ async fn handle(
     // recorded request is the one that got the n-th scripted reply.
     let (reply, len) = {
         let mut s = script.lock().unwrap();
-        let reply = s
-            .queue
-            .pop_front()
-            .or_else(|| s.default.clone())
-            .unwrap_or_else(Reply::ok);
+        let reply = match s.queue.pop_front() {
+            Some(reply) => reply,
+            None => {
+                let failing = s.fail_first.and_then(|(k, status)| {
+                    let id = record.header("webhook-id")?.to_owned();
+                    let seen = s.seen.entry(id).or_default();
+                    *seen += 1;
+                    (*seen <= k).then(|| Reply::status(status))
+                });
+                failing
+                    .or_else(|| s.default.clone())
+                    .unwrap_or_else(Reply::ok)
+            }
+        };
         let mut r = received.lock().unwrap();
         r.push(record);
         (reply, r.len())

@@ -11,12 +11,16 @@
 //! - `retry`: one first attempt in ten fails; lateness of every retry against
 //!   its recorded due time, in both modes.
 //! - `store`: sustained notification + attempt writes of each store adapter.
+//! - `circuit`: the circuit breaker against modelled receivers, without and
+//!   with it, in simulated time (no baseline: nothing here depends on the
+//!   machine).
 //! - `all`: every scenario, one after the other (what `scripts/test` runs
 //!   with `--quick`).
 //!
 //! Phases last 30 s (`--quick`: 5 s); a full `all` run takes about five
 //! minutes, `--quick` about one.
 
+mod circuit;
 mod e2e;
 mod measure;
 mod pipeline;
@@ -34,7 +38,15 @@ use pipeline::Pipeline;
 const CONCURRENCY: usize = 256;
 /// The API token of the Herald under measurement.
 const TOKEN: &str = "bench-token";
-const SCENARIOS: [&str; 6] = ["baseline", "standalone", "kafka", "retry", "store", "all"];
+const SCENARIOS: [&str; 7] = [
+    "baseline",
+    "standalone",
+    "kafka",
+    "retry",
+    "store",
+    "circuit",
+    "all",
+];
 
 struct Opts {
     quick: bool,
@@ -65,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         "serve-standalone" => runtime.block_on(pipeline::serve_standalone(arg(1))),
         "serve-ingest" => runtime.block_on(pipeline::serve_ingest(arg(1))),
         "serve-delivery" => runtime.block_on(pipeline::serve_delivery(arg(1))),
+        "circuit" => {
+            println!("{}", circuit::run());
+            Ok(())
+        }
         scenario if SCENARIOS.contains(&scenario) => {
             let opts = Opts {
                 quick: args.iter().any(|a| a == "--quick"),

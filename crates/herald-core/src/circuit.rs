@@ -1,10 +1,30 @@
 //! Per-destination circuit breaker: a webhook whose endpoint keeps failing is
 //! paused (its jobs parked, not attempted) for a cool-down, then tried with a
-//! few probes, and closed again when they succeed.
+//! sample of parked jobs, and closed again unless nearly all of them fail.
+//!
+//! The rules, and why (see `docs/architecture.md` for the measurements):
+//! - **Closed → open** when, within the last `window`, at least
+//!   `failure_threshold` attempts failed and they are at least
+//!   `failure_ratio` of that window's attempts, and that has held without a
+//!   break for a whole `window`. The window is longer than the time to a
+//!   notification's third attempt (30 s + 90 s with the default backoff,
+//!   ±20 %), so a receiver that rejects the first attempts of each
+//!   notification and accepts a later one shows its successes before the
+//!   breaker judges it, even when a burst arrives after a quiet time.
+//! - **Open → half-open** when the cool-down is over. The cool-down doubles
+//!   on each consecutive re-open, up to `max_cooldown`, and starts again
+//!   from `cooldown` when the circuit closes.
+//! - **Half-open** lets at most `half_open_probes` jobs through, and only
+//!   jobs that were due before probing began (the parked ones, which come
+//!   back oldest due first) while any of those is in flight; later jobs are
+//!   parked. It decides as soon as the sample does: open again once
+//!   `failure_ratio` of the sample has failed, closed once that can no
+//!   longer happen.
 //!
 //! Pure state: every call takes `now`, so the machine is tested without
-//! sleeping, and the services decide how to park (retry tier or due time)
-//! and how to share state changes between workers ([`CircuitChange`]).
+//! sleeping ([`sim`] drives it against modelled receivers), and the services
+//! decide how to park (retry tier or due time) and how to share state
+//! changes between workers ([`CircuitChange`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -13,6 +33,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Outcome;
+
+pub mod sim;
 
 /// Most outcomes kept in one webhook's window, so a busy endpoint's window
 /// stays bounded in memory; the oldest fall out first.
@@ -24,35 +46,61 @@ const MAX_WINDOW_ENTRIES: usize = 10_000;
 pub struct CircuitConfig {
     /// `false` turns the breaker off: every job is attempted.
     pub enabled: bool,
-    /// How far back failures are counted.
+    /// How far back failures are counted, and how long the failures must
+    /// have been over the threshold and ratio before the circuit opens.
     #[serde(with = "millis")]
     pub window: Duration,
     /// Failures within `window` needed to open (together with the ratio).
     pub failure_threshold: u32,
-    /// Share of the attempts within `window` that must have failed to open,
-    /// in `(0, 1]`.
+    /// Share of the attempts that must have failed, in `(0, 1]`: within
+    /// `window` to open, within the half-open sample to open again.
     pub failure_ratio: f64,
     /// A 2xx slower than this counts as a failure. `None`: never.
     #[serde(with = "opt_millis")]
     pub slow_threshold: Option<Duration>,
-    /// How long the circuit stays open before probing.
+    /// How long the circuit stays open the first time, before probing; also
+    /// how long half-open waits for its sample before it probes anew.
     #[serde(with = "millis")]
     pub cooldown: Duration,
-    /// Trial requests let through when half-open; all must succeed to close.
+    /// The longest cool-down: each consecutive re-open doubles it up to this.
+    #[serde(with = "millis", default = "default_max_cooldown")]
+    pub max_cooldown: Duration,
+    /// The half-open sample: at most this many probes decide.
     pub half_open_probes: u32,
+}
+
+fn default_max_cooldown() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl Default for CircuitConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            window: Duration::from_secs(60),
-            failure_threshold: 10,
-            failure_ratio: 0.5,
+            window: Duration::from_secs(180),
+            failure_threshold: 30,
+            failure_ratio: 0.9,
             slow_threshold: None,
             cooldown: Duration::from_secs(30),
-            half_open_probes: 1,
+            max_cooldown: default_max_cooldown(),
+            half_open_probes: 10,
         }
+    }
+}
+
+impl CircuitConfig {
+    /// Failures among the half-open sample that open the circuit again.
+    pub fn probe_failures_to_open(&self) -> u32 {
+        let n = f64::from(self.half_open_probes.max(1));
+        ((self.failure_ratio * n).ceil() as u32).clamp(1, self.half_open_probes.max(1))
+    }
+
+    /// The cool-down after `reopens` consecutive re-opens.
+    pub fn cooldown_after(&self, reopens: u32) -> Duration {
+        let factor = 1u32.checked_shl(reopens.min(31)).unwrap_or(u32::MAX);
+        self.cooldown
+            .saturating_mul(factor)
+            .min(self.max_cooldown.max(self.cooldown))
     }
 }
 
@@ -97,7 +145,8 @@ pub enum CircuitState {
     Closed,
     /// Failing: jobs are parked until the cool-down ends.
     Open,
-    /// Cool-down over: a few probes go through, the rest stay parked.
+    /// Cool-down over: a sample of parked jobs goes through, the rest stay
+    /// parked.
     HalfOpen,
 }
 
@@ -175,6 +224,14 @@ pub struct CircuitChange {
     pub changed_by: String,
     /// Why, for operators: the failure counts, a probe's result, a command.
     pub reason: String,
+    /// Consecutive re-opens without a close in between (open only): what
+    /// the next cool-down grows from.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reopens: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One webhook's breaker.
@@ -186,12 +243,20 @@ pub struct Breaker {
     until: Option<DateTime<Utc>>,
     changed_by: String,
     reason: String,
+    /// Consecutive re-opens since the circuit last closed.
+    reopens: u32,
     /// Closed: recent outcomes (time, failed).
     window: VecDeque<(DateTime<Utc>, bool)>,
     failures: u32,
-    /// Half-open: probes let through and probes that succeeded.
+    /// Closed: since when the window has been at the threshold and ratio
+    /// without a break.
+    tripping_since: Option<DateTime<Utc>>,
+    /// Half-open: when the current sample began (jobs due by then may be
+    /// probes), probes let through, and their results.
+    sample_since: DateTime<Utc>,
     probes_started: u32,
     probes_ok: u32,
+    probes_failed: u32,
 }
 
 /// What a breaker's state looks like from outside.
@@ -207,7 +272,19 @@ pub struct CircuitView {
     /// Attempts and failures in the current window (closed only).
     pub window_attempts: usize,
     pub window_failures: u32,
+    /// Consecutive re-opens since the circuit last closed.
+    pub reopens: u32,
+    /// Half-open: the sample's results so far.
+    pub probes_succeeded: u32,
+    pub probes_failed: u32,
     pub config: CircuitConfig,
+}
+
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl Breaker {
@@ -219,10 +296,14 @@ impl Breaker {
             until: None,
             changed_by: String::new(),
             reason: "start".into(),
+            reopens: 0,
             window: VecDeque::new(),
             failures: 0,
+            tripping_since: None,
+            sample_since: now,
             probes_started: 0,
             probes_ok: 0,
+            probes_failed: 0,
         }
     }
 
@@ -234,10 +315,6 @@ impl Breaker {
         &self.config
     }
 
-    fn cooldown_end(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.config.cooldown).unwrap_or(chrono::Duration::MAX)
-    }
-
     fn enter(
         &mut self,
         state: CircuitState,
@@ -245,22 +322,50 @@ impl Breaker {
         until: Option<DateTime<Utc>>,
         by: &str,
         reason: String,
-    ) -> (CircuitState, DateTime<Utc>, Option<DateTime<Utc>>, String) {
+    ) -> Change {
         self.state = state;
         self.since = now;
         self.until = until;
         self.changed_by = by.to_owned();
         self.reason = reason.clone();
+        if state == CircuitState::Closed {
+            self.reopens = 0;
+        }
         self.window.clear();
         self.failures = 0;
+        self.tripping_since = None;
+        self.sample_since = now;
         self.probes_started = 0;
         self.probes_ok = 0;
-        (state, now, until, reason)
+        self.probes_failed = 0;
+        (state, now, until, reason, self.reopens)
     }
 
-    /// May a job be attempted now? Moves an open circuit whose cool-down is
-    /// over to half-open (the returned change).
-    fn admit(&mut self, now: DateTime<Utc>, by: &str) -> (Admission, Option<Change>) {
+    /// Open for the cool-down that `reopens` earns.
+    fn open(&mut self, now: DateTime<Utc>, by: &str, reason: String) -> Change {
+        let cooldown = self.config.cooldown_after(self.reopens);
+        let reason = format!(
+            "{reason}; cool-down {}",
+            crate::duration::format_duration(cooldown)
+        );
+        self.enter(
+            CircuitState::Open,
+            now,
+            Some(after(now, cooldown)),
+            by,
+            reason,
+        )
+    }
+
+    /// May a job that has been due since `due_at` be attempted now? Moves
+    /// an open circuit whose cool-down is over to half-open (the returned
+    /// change).
+    fn admit(
+        &mut self,
+        now: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+        by: &str,
+    ) -> (Admission, Option<Change>) {
         if !self.config.enabled {
             return (Admission::Send, None);
         }
@@ -271,7 +376,7 @@ impl Breaker {
                 now,
                 None,
                 by,
-                "cool-down over: probing".into(),
+                "cool-down over: probing a sample".into(),
             ));
         }
         let admission = match self.state {
@@ -280,20 +385,28 @@ impl Breaker {
                 until: self.until.unwrap_or(now),
             },
             CircuitState::HalfOpen => {
-                // A probe that never reported (its worker died) must not keep
-                // the circuit half-open for ever: after a cool-down, probe again.
-                if self.probes_started >= self.config.half_open_probes
-                    && now >= self.cooldown_end(self.since)
-                {
-                    self.since = now;
-                    self.probes_started = self.probes_ok;
+                // Probes that never reported (their worker died) or a sample
+                // the parked jobs could not fill must not keep the circuit
+                // half-open for ever: after a cool-down, sample anew, with
+                // every job due by now eligible. Results so far still count.
+                let window_end = after(self.sample_since, self.config.cooldown);
+                if now >= window_end {
+                    self.sample_since = now;
+                    self.probes_started = self.probes_ok + self.probes_failed;
                 }
-                if self.probes_started < self.config.half_open_probes {
+                // Jobs that were waiting when the sample began come first;
+                // once none of those is in flight, any due job may fill the
+                // sample (a sparse backlog must not hold later jobs back).
+                let reported = self.probes_ok + self.probes_failed;
+                let in_flight = self.probes_started.saturating_sub(reported);
+                if (due_at <= self.sample_since || in_flight == 0)
+                    && self.probes_started < self.config.half_open_probes
+                {
                     self.probes_started += 1;
                     Admission::Probe
                 } else {
                     Admission::Park {
-                        until: self.cooldown_end(now),
+                        until: after(self.sample_since, self.config.cooldown),
                     }
                 }
             }
@@ -313,35 +426,40 @@ impl Breaker {
             return None;
         }
         match (self.state, probe) {
-            (CircuitState::HalfOpen, true) => match signal {
-                Signal::Success => {
-                    self.probes_ok += 1;
-                    (self.probes_ok >= self.config.half_open_probes).then(|| {
-                        self.enter(
-                            CircuitState::Closed,
-                            now,
-                            None,
-                            by,
-                            format!("{} probe(s) succeeded", self.probes_ok),
-                        )
-                    })
+            (CircuitState::HalfOpen, true) => {
+                let sample = self.config.half_open_probes;
+                let to_open = self.config.probe_failures_to_open();
+                match signal {
+                    Signal::Success => {
+                        self.probes_ok += 1;
+                        (self.probes_ok > sample - to_open).then(|| {
+                            let reason = format!(
+                                "{} of {} probes succeeded",
+                                self.probes_ok,
+                                self.probes_ok + self.probes_failed
+                            );
+                            self.enter(CircuitState::Closed, now, None, by, reason)
+                        })
+                    }
+                    Signal::Failure => {
+                        self.probes_failed += 1;
+                        (self.probes_failed >= to_open).then(|| {
+                            let reason = format!(
+                                "{} of {} probes failed",
+                                self.probes_failed,
+                                self.probes_ok + self.probes_failed
+                            );
+                            self.reopens = self.reopens.saturating_add(1);
+                            self.open(now, by, reason)
+                        })
+                    }
+                    Signal::Neutral => {
+                        // Give the slot back: this probe told us nothing.
+                        self.probes_started = self.probes_started.saturating_sub(1);
+                        None
+                    }
                 }
-                Signal::Failure => {
-                    let until = self.cooldown_end(now);
-                    Some(self.enter(
-                        CircuitState::Open,
-                        now,
-                        Some(until),
-                        by,
-                        "probe failed".into(),
-                    ))
-                }
-                Signal::Neutral => {
-                    // Give the slot back: this probe told us nothing.
-                    self.probes_started = self.probes_started.saturating_sub(1);
-                    None
-                }
-            },
+            }
             (CircuitState::Closed, false) => {
                 let failed = match signal {
                     Signal::Success => false,
@@ -361,18 +479,21 @@ impl Breaker {
                     self.failures -= u32::from(f);
                 }
                 let total = self.window.len() as f64;
-                if failed
-                    && self.failures >= self.config.failure_threshold
-                    && f64::from(self.failures) >= self.config.failure_ratio * total
-                {
+                let tripping = self.failures >= self.config.failure_threshold
+                    && f64::from(self.failures) >= self.config.failure_ratio * total;
+                if !tripping {
+                    self.tripping_since = None;
+                    return None;
+                }
+                let since = *self.tripping_since.get_or_insert(now);
+                if failed && now >= after(since, self.config.window) {
                     let reason = format!(
                         "{} of {} attempts failed within {}",
                         self.failures,
                         self.window.len(),
                         crate::duration::format_duration(self.config.window)
                     );
-                    let until = self.cooldown_end(now);
-                    return Some(self.enter(CircuitState::Open, now, Some(until), by, reason));
+                    return Some(self.open(now, by, reason));
                 }
                 None
             }
@@ -383,7 +504,13 @@ impl Breaker {
     }
 }
 
-type Change = (CircuitState, DateTime<Utc>, Option<DateTime<Utc>>, String);
+type Change = (
+    CircuitState,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    String,
+    u32,
+);
 
 /// Every webhook's breaker, and the changes not yet published or logged.
 #[derive(Debug)]
@@ -429,7 +556,7 @@ impl Circuits {
     }
 
     fn push(&mut self, webhook_id: &str, change: Option<Change>, by: &str) {
-        if let Some((state, since, until, reason)) = change {
+        if let Some((state, since, until, reason, reopens)) = change {
             self.changes.push(CircuitChange {
                 webhook_id: webhook_id.to_owned(),
                 state,
@@ -437,17 +564,28 @@ impl Circuits {
                 until,
                 changed_by: by.to_owned(),
                 reason,
+                reopens: if state == CircuitState::Open {
+                    reopens
+                } else {
+                    0
+                },
             });
         }
     }
 
-    /// May a job of `webhook_id` be attempted now? Unknown webhooks are
-    /// never held back (their attempt is refused anyway).
-    pub fn admit(&mut self, webhook_id: &str, now: DateTime<Utc>) -> Admission {
+    /// May a job of `webhook_id`, due since `due_at`, be attempted now?
+    /// Unknown webhooks are never held back (their attempt is refused
+    /// anyway).
+    pub fn admit(
+        &mut self,
+        webhook_id: &str,
+        now: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+    ) -> Admission {
         let Some(b) = self.breakers.get_mut(webhook_id) else {
             return Admission::Send;
         };
-        let (admission, change) = b.admit(now, &self.instance);
+        let (admission, change) = b.admit(now, due_at, &self.instance);
         let by = self.instance.clone();
         self.push(webhook_id, change, &by);
         admission
@@ -484,6 +622,7 @@ impl Circuits {
         if change.since < b.since || (change.since == b.since && change.state == b.state) {
             return false;
         }
+        b.reopens = change.reopens;
         b.enter(
             change.state,
             change.since,
@@ -549,6 +688,9 @@ impl Circuits {
                 reason: b.reason.clone(),
                 window_attempts: b.window.len(),
                 window_failures: b.failures,
+                reopens: b.reopens,
+                probes_succeeded: b.probes_ok,
+                probes_failed: b.probes_failed,
                 config: b.config.clone(),
             })
             .collect()
@@ -571,15 +713,17 @@ mod tests {
             failure_threshold: 3,
             failure_ratio: 0.5,
             cooldown: Duration::from_secs(5),
+            half_open_probes: 1,
             ..CircuitConfig::default()
         }
     }
 
+    /// Breakers that have watched a whole window by `t(0)`.
     fn circuits(c: CircuitConfig) -> Circuits {
         Circuits::new(
             "w1",
             [("a".to_owned(), c), ("b".to_owned(), config())],
-            t(0),
+            t(-10_000),
         )
     }
 
@@ -587,65 +731,106 @@ mod tests {
     const OK: Outcome = Outcome::Success;
     const MS: Duration = Duration::from_millis(5);
 
+    /// Fail "a" every 500 ms so that the failures reach the threshold at
+    /// `at - 10 s` and have held for a whole window (10 s) at `at + 2`,
+    /// when the circuit opens.
+    fn trip(c: &mut Circuits, at: i64) {
+        for i in 0..=22 {
+            fail(c, at - 10_998 + 500 * i);
+        }
+        assert_eq!(c.state("a"), Some(CircuitState::Open));
+    }
+
     fn fail(c: &mut Circuits, at: i64) {
-        assert_eq!(c.admit("a", t(at)), Admission::Send);
+        assert_eq!(c.admit("a", t(at), t(at)), Admission::Send);
         c.record("a", t(at), FAIL, MS, false);
     }
 
     #[test]
-    fn opens_at_the_threshold_and_parks_until_the_cooldown_ends() {
+    fn opens_when_the_failures_held_for_a_window_and_parks_until_the_cooldown_ends() {
         let mut c = circuits(config());
-        fail(&mut c, 0);
-        fail(&mut c, 100);
-        assert_eq!(c.state("a"), Some(CircuitState::Closed));
+        for i in 0..22 {
+            fail(&mut c, -10_998 + 500 * i);
+        }
+        assert_eq!(c.state("a"), Some(CircuitState::Closed), "held 9.5 s");
         assert!(c.take_changes().is_empty());
-        fail(&mut c, 200);
+        fail(&mut c, 2);
         assert_eq!(c.state("a"), Some(CircuitState::Open));
         let changes = c.take_changes();
         assert_eq!(changes.len(), 1, "logged once");
         assert_eq!(changes[0].state, CircuitState::Open);
-        assert_eq!(changes[0].until, Some(t(5_200)));
+        assert_eq!(changes[0].until, Some(t(5_002)));
         assert_eq!(changes[0].changed_by, "w1");
-        assert_eq!(changes[0].reason, "3 of 3 attempts failed within 10s");
-        for at in [300, 1_000, 5_199] {
-            assert_eq!(c.admit("a", t(at)), Admission::Park { until: t(5_200) });
+        assert_eq!(
+            changes[0].reason,
+            "21 of 21 attempts failed within 10s; cool-down 5s"
+        );
+        for at in [300, 1_000, 5_001] {
+            assert_eq!(
+                c.admit("a", t(at), t(at)),
+                Admission::Park { until: t(5_002) }
+            );
         }
         assert!(c.take_changes().is_empty(), "parking changes nothing");
-        assert_eq!(c.open_until("a", t(300)), Some(t(5_200)));
-        assert_eq!(c.open_until("a", t(5_200)), None, "cool-down over");
+        assert_eq!(c.open_until("a", t(300)), Some(t(5_002)));
+        assert_eq!(c.open_until("a", t(5_002)), None, "cool-down over");
         assert_eq!(c.open_until("b", t(300)), None);
         // Another webhook is unaffected.
-        assert_eq!(c.admit("b", t(300)), Admission::Send);
+        assert_eq!(c.admit("b", t(300), t(300)), Admission::Send);
         assert_eq!(c.state("b"), Some(CircuitState::Closed));
+    }
+
+    #[test]
+    fn a_break_in_the_failures_restarts_the_hold() {
+        let mut c = circuits(config());
+        // Three failures reach the threshold at t(0) ...
+        for at in [-2, -1, 0] {
+            fail(&mut c, at);
+        }
+        for i in 1..10 {
+            fail(&mut c, i * 1_000);
+        }
+        // ... and successes bring the ratio under 0.5 at t(9_500).
+        for i in 0..14 {
+            c.admit("a", t(9_500), t(9_500));
+            c.record("a", t(9_500 + i), OK, MS, false);
+        }
+        for i in 0..40 {
+            fail(&mut c, 10_000 + i * 250);
+        }
+        // Held again since t(11_000), not t(0): still closed at 19.75 s.
+        assert_eq!(c.state("a"), Some(CircuitState::Closed));
+        fail(&mut c, 21_000);
+        assert_eq!(c.state("a"), Some(CircuitState::Open));
     }
 
     #[test]
     fn the_ratio_must_also_be_reached() {
         let mut c = circuits(config());
-        for i in 0..4 {
-            c.admit("a", t(i));
-            c.record("a", t(i), OK, MS, false);
+        for i in 0..60 {
+            c.admit("a", t(i * 250), t(i * 250));
+            let outcome = if i % 3 == 0 { OK } else { FAIL };
+            c.record("a", t(i * 250), outcome, MS, false);
         }
-        fail(&mut c, 10);
-        fail(&mut c, 11);
-        fail(&mut c, 12);
-        // 3 failures of 7 attempts < 50%.
-        assert_eq!(c.state("a"), Some(CircuitState::Closed));
-        fail(&mut c, 13);
-        assert_eq!(c.state("a"), Some(CircuitState::Open), "4 of 8");
-    }
-
-    #[test]
-    fn old_failures_fall_out_of_the_window() {
-        let mut c = circuits(config());
-        fail(&mut c, 0);
-        fail(&mut c, 1);
-        fail(&mut c, 10_002);
-        assert_eq!(c.state("a"), Some(CircuitState::Closed));
-        assert_eq!(c.views()[0].window_failures, 1);
-        fail(&mut c, 10_003);
-        fail(&mut c, 10_004);
+        // Two thirds failed: over the ratio of 0.5, held for 10 s.
         assert_eq!(c.state("a"), Some(CircuitState::Open));
+        let mut c = circuits(config());
+        for i in 0..60 {
+            c.admit("a", t(i * 250), t(i * 250));
+            let outcome = if i % 3 == 0 { FAIL } else { OK };
+            c.record("a", t(i * 250), outcome, MS, false);
+        }
+        assert_eq!(c.state("a"), Some(CircuitState::Closed), "a third failed");
+        // Old failures fall out of the window.
+        let mut c = circuits(config());
+        for i in 0..30 {
+            fail(&mut c, i * 5_001);
+        }
+        assert_eq!(
+            c.state("a"),
+            Some(CircuitState::Closed),
+            "never 3 within 10 s"
+        );
     }
 
     #[test]
@@ -654,64 +839,138 @@ mod tests {
             half_open_probes: 2,
             ..config()
         });
-        for i in 0..3 {
-            fail(&mut c, i);
-        }
+        trip(&mut c, 0);
         c.take_changes();
-        assert_eq!(c.admit("a", t(5_002)), Admission::Probe);
+        // Parked jobs come back due at the end of the cool-down.
+        let parked = t(5_002);
+        assert_eq!(c.admit("a", t(5_002), parked), Admission::Probe);
         assert_eq!(c.state("a"), Some(CircuitState::HalfOpen));
-        assert_eq!(c.admit("a", t(5_003)), Admission::Probe);
+        assert_eq!(c.admit("a", t(5_003), parked), Admission::Probe);
         assert_eq!(
-            c.admit("a", t(5_004)),
-            Admission::Park { until: t(10_004) },
-            "the rest stays parked to the end of the next cool-down"
+            c.admit("a", t(5_004), parked),
+            Admission::Park { until: t(10_002) },
+            "the rest stays parked to the end of the sample's cool-down"
         );
         c.record("a", t(5_010), OK, MS, true);
         assert_eq!(c.state("a"), Some(CircuitState::HalfOpen));
         c.record("a", t(5_011), OK, MS, true);
         assert_eq!(c.state("a"), Some(CircuitState::Closed));
-        let states: Vec<_> = c.take_changes().into_iter().map(|c| c.state).collect();
+        let changes = c.take_changes();
+        let states: Vec<_> = changes.iter().map(|c| c.state).collect();
         assert_eq!(states, [CircuitState::HalfOpen, CircuitState::Closed]);
-        assert_eq!(c.admit("a", t(5_012)), Admission::Send);
+        assert_eq!(changes[1].reason, "2 of 2 probes succeeded");
+        assert_eq!(c.admit("a", t(5_012), t(5_012)), Admission::Send);
         // The window starts empty again.
-        fail(&mut c, 5_013);
+        for i in 0..5 {
+            fail(&mut c, 5_013 + i);
+        }
         assert_eq!(c.state("a"), Some(CircuitState::Closed));
     }
 
     #[test]
-    fn a_failed_probe_opens_again_for_another_cooldown() {
-        let mut c = circuits(config());
-        for i in 0..3 {
-            fail(&mut c, i);
+    fn jobs_waiting_before_the_sample_are_the_probes() {
+        let mut c = circuits(CircuitConfig {
+            half_open_probes: 3,
+            failure_ratio: 0.9,
+            ..config()
+        });
+        trip(&mut c, 0);
+        let parked = t(5_002);
+        assert_eq!(c.admit("a", t(5_100), parked), Admission::Probe);
+        // A job that became due after probing began waits while a parked
+        // job is in flight ...
+        assert_eq!(
+            c.admit("a", t(5_200), t(5_150)),
+            Admission::Park { until: t(10_100) }
+        );
+        assert_eq!(c.admit("a", t(5_200), parked), Admission::Probe);
+        c.record("a", t(5_300), FAIL, MS, true);
+        c.record("a", t(5_300), FAIL, MS, true);
+        assert_eq!(c.state("a"), Some(CircuitState::HalfOpen));
+        // ... and fills the sample once none is.
+        assert_eq!(c.admit("a", t(5_400), t(5_400)), Admission::Probe);
+        assert_eq!(
+            c.admit("a", t(5_401), t(5_401)),
+            Admission::Park { until: t(10_100) }
+        );
+    }
+
+    #[test]
+    fn the_sample_decides_by_its_failure_ratio_and_the_cooldown_grows() {
+        let config = CircuitConfig {
+            failure_ratio: 0.9,
+            half_open_probes: 10,
+            max_cooldown: Duration::from_secs(12),
+            ..config()
+        };
+        let mut c = circuits(config);
+        trip(&mut c, 0);
+        let _ = c.take_changes();
+        let mut now = 2;
+        let mut cooldowns = Vec::new();
+        // Hard down: each sample fails 9 times and opens again, for a
+        // cool-down twice as long, up to 12 s.
+        for _ in 0..4 {
+            let until = c.views()[0].until.unwrap();
+            cooldowns.push((until - t(now)).num_milliseconds());
+            now = (until - t(0)).num_milliseconds();
+            for _ in 0..9 {
+                assert_eq!(c.admit("a", t(now), t(now)), Admission::Probe);
+                c.record("a", t(now), FAIL, MS, true);
+            }
+            assert_eq!(c.state("a"), Some(CircuitState::Open));
         }
-        assert_eq!(c.admit("a", t(6_000)), Admission::Probe);
+        assert_eq!(cooldowns, [5_000, 10_000, 12_000, 12_000]);
+        let last = c.take_changes().pop().unwrap();
+        assert_eq!(last.reason, "9 of 9 probes failed; cool-down 12s");
+        assert_eq!(last.reopens, 4);
+        // A receiver that accepts some: 2 successes in the sample close it,
+        // and the next opening starts from the first cool-down again.
+        let until = c.views()[0].until.unwrap();
+        now = (until - t(0)).num_milliseconds();
+        for outcome in [FAIL, OK, FAIL, FAIL, OK] {
+            assert_eq!(c.admit("a", t(now), t(now)), Admission::Probe);
+            c.record("a", t(now), outcome, MS, true);
+        }
+        assert_eq!(c.state("a"), Some(CircuitState::Closed));
+        assert_eq!(c.views()[0].reopens, 0);
+        trip(&mut c, now + 20_000);
+        assert_eq!(c.take_changes().pop().unwrap().until, Some(t(now + 25_002)));
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again_for_a_longer_cooldown() {
+        let mut c = circuits(config());
+        trip(&mut c, 0);
+        assert_eq!(c.admit("a", t(6_000), t(5_002)), Admission::Probe);
         c.record("a", t(6_100), Outcome::Timeout, MS, true);
         assert_eq!(c.state("a"), Some(CircuitState::Open));
-        assert_eq!(c.admit("a", t(6_200)), Admission::Park { until: t(11_100) });
+        assert_eq!(
+            c.admit("a", t(6_200), t(6_200)),
+            Admission::Park { until: t(16_100) }
+        );
         let last = c.take_changes().pop().unwrap();
         assert_eq!(
-            (last.state, last.reason.as_str()),
-            (CircuitState::Open, "probe failed")
+            (last.state, last.reason.as_str(), last.reopens),
+            (CircuitState::Open, "1 of 1 probes failed; cool-down 10s", 1)
         );
     }
 
     #[test]
     fn stragglers_and_neutral_results_do_not_move_the_state() {
         let mut c = circuits(config());
-        for i in 0..3 {
-            fail(&mut c, i);
-        }
+        trip(&mut c, 0);
         // An attempt that started before the circuit opened.
         c.record("a", t(10), OK, MS, false);
         assert_eq!(c.state("a"), Some(CircuitState::Open));
-        assert_eq!(c.admit("a", t(5_002)), Admission::Probe);
+        assert_eq!(c.admit("a", t(5_002), t(5_002)), Admission::Probe);
         // A refused probe gives its slot back.
         c.record("a", t(5_003), Outcome::Refused, MS, true);
-        assert_eq!(c.admit("a", t(5_004)), Admission::Probe);
+        assert_eq!(c.admit("a", t(5_004), t(5_004)), Admission::Probe);
         // Refusals never open a circuit.
         let mut c = circuits(config());
         for i in 0..10 {
-            c.admit("a", t(i));
+            c.admit("a", t(i), t(i));
             c.record("a", t(i), Outcome::Refused, MS, false);
         }
         assert_eq!(c.state("a"), Some(CircuitState::Closed));
@@ -720,12 +979,13 @@ mod tests {
     #[test]
     fn a_lost_probe_is_replaced_after_a_cooldown() {
         let mut c = circuits(config());
-        for i in 0..3 {
-            fail(&mut c, i);
-        }
-        assert_eq!(c.admit("a", t(5_002)), Admission::Probe);
-        assert!(matches!(c.admit("a", t(9_000)), Admission::Park { .. }));
-        assert_eq!(c.admit("a", t(10_002)), Admission::Probe);
+        trip(&mut c, 0);
+        assert_eq!(c.admit("a", t(5_002), t(5_002)), Admission::Probe);
+        assert!(matches!(
+            c.admit("a", t(9_000), t(9_000)),
+            Admission::Park { .. }
+        ));
+        assert_eq!(c.admit("a", t(10_002), t(10_002)), Admission::Probe);
     }
 
     #[test]
@@ -734,9 +994,10 @@ mod tests {
             slow_threshold: Some(Duration::from_secs(2)),
             ..config()
         });
-        for i in 0..3 {
-            c.admit("a", t(i));
-            c.record("a", t(i), OK, Duration::from_secs(3), false);
+        for i in 0..=22 {
+            let at = t(-10_998 + 500 * i);
+            c.admit("a", at, at);
+            c.record("a", at, OK, Duration::from_secs(3), false);
         }
         assert_eq!(c.state("a"), Some(CircuitState::Open));
         assert_eq!(
@@ -756,23 +1017,24 @@ mod tests {
             fail(&mut c, i);
         }
         assert_eq!(c.state("a"), Some(CircuitState::Closed));
-        assert_eq!(c.admit("unknown", t(0)), Admission::Send);
+        assert_eq!(c.admit("unknown", t(0), t(0)), Admission::Send);
     }
 
     #[test]
     fn remote_changes_are_followed_latest_first_and_own_ones_ignored() {
         let mut w1 = circuits(config());
         let mut w2 = Circuits::new("w2", [("a".to_owned(), config())], t(0));
-        for i in 0..3 {
-            fail(&mut w1, i);
-        }
+        trip(&mut w1, 0);
         let opened = w1.take_changes().pop().unwrap();
         assert!(!w1.apply(&opened), "own change");
         assert!(w2.apply(&opened));
-        assert_eq!(w2.admit("a", t(100)), Admission::Park { until: t(5_002) });
+        assert_eq!(
+            w2.admit("a", t(100), t(100)),
+            Admission::Park { until: t(5_002) }
+        );
         assert!(!w2.apply(&opened), "already applied");
         // w2 probes and closes; w1 follows.
-        assert_eq!(w2.admit("a", t(5_002)), Admission::Probe);
+        assert_eq!(w2.admit("a", t(5_002), t(5_002)), Admission::Probe);
         w2.record("a", t(5_050), OK, MS, true);
         let changes = w2.take_changes();
         assert_eq!(changes.len(), 2);
@@ -787,15 +1049,13 @@ mod tests {
     #[test]
     fn operators_can_force_a_circuit_closed() {
         let mut c = circuits(config());
-        for i in 0..3 {
-            fail(&mut c, i);
-        }
+        trip(&mut c, 0);
         c.take_changes();
         let change = c.force_close("a", t(2), "operator:alice").unwrap();
         assert_eq!(change.state, CircuitState::Closed);
         assert_eq!(change.changed_by, "operator:alice");
         assert!(change.since > t(2) - chrono::Duration::milliseconds(1));
-        assert_eq!(c.admit("a", t(3)), Admission::Send);
+        assert_eq!(c.admit("a", t(3), t(3)), Admission::Send);
         assert_eq!(c.take_changes(), std::slice::from_ref(&change));
         assert!(c.force_close("nope", t(3), "x").is_none());
         let mut other = Circuits::new("w2", [("a".to_owned(), config())], t(0));
@@ -811,6 +1071,7 @@ mod tests {
             until: Some(t(5_000)),
             changed_by: "w1".into(),
             reason: "probe failed".into(),
+            reopens: 2,
         };
         let text = serde_json::to_string(&change).unwrap();
         assert!(text.contains(r#""state":"open""#), "{text}");

@@ -112,6 +112,7 @@ struct RawCircuit {
     /// A duration, or `"off"`.
     slow_threshold: Option<String>,
     cooldown: Option<String>,
+    max_cooldown: Option<String>,
     half_open_probes: Option<u32>,
 }
 
@@ -128,6 +129,10 @@ impl RawCircuit {
                 .clone()
                 .or_else(|| base.slow_threshold.clone()),
             cooldown: self.cooldown.clone().or_else(|| base.cooldown.clone()),
+            max_cooldown: self
+                .max_cooldown
+                .clone()
+                .or_else(|| base.max_cooldown.clone()),
             half_open_probes: self.half_open_probes.or(base.half_open_probes),
         }
     }
@@ -856,6 +861,20 @@ impl Loader {
         if cooldown.is_zero() {
             self.error(format!("{at}.cooldown"), "must be more than 0s");
         }
+        // Unset: ten minutes, or the cool-down itself if that is longer.
+        let max_cooldown = match raw.max_cooldown.as_deref() {
+            None => d.max_cooldown.max(cooldown),
+            Some(v) => {
+                let m = self.duration(&format!("{at}.max_cooldown"), Some(v), d.max_cooldown);
+                if m < cooldown {
+                    self.error(
+                        format!("{at}.max_cooldown"),
+                        "must be at least the cool-down",
+                    );
+                }
+                m
+            }
+        };
         let failure_threshold = raw.failure_threshold.unwrap_or(d.failure_threshold);
         if failure_threshold == 0 {
             self.error(format!("{at}.failure_threshold"), "must be at least 1");
@@ -885,6 +904,7 @@ impl Loader {
             failure_ratio,
             slow_threshold,
             cooldown,
+            max_cooldown,
             half_open_probes,
         }
     }
@@ -1271,6 +1291,12 @@ events = ["x"]
 url = "https://a.example/"
 body = "{}"
 circuit = { failure_ratio = 1.5, failure_threshold = 0, half_open_probes = 0, cooldown = "1x" }
+[[webhooks]]
+id = "b"
+events = ["x"]
+url = "https://b.example/"
+body = "{}"
+circuit = { cooldown = "1m", max_cooldown = "30s" }
 "#,
         );
         assert_eq!(
@@ -1281,6 +1307,7 @@ circuit = { failure_ratio = 1.5, failure_threshold = 0, half_open_probes = 0, co
                 "webhooks.a.circuit.failure_threshold: must be at least 1",
                 "webhooks.a.circuit.failure_ratio: must be more than 0 and at most 1",
                 "webhooks.a.circuit.half_open_probes: must be at least 1",
+                "webhooks.b.circuit.max_cooldown: must be at least the cool-down",
             ]
         );
     }

@@ -33,8 +33,10 @@ url = "{dead}"
 body = '{{"loan": {{{{json subject}}}}}}'
 [webhooks.circuit]
 failure_threshold = 3
-window = "30s"
+window = "1s"
 cooldown = "1s"
+max_cooldown = "1s"
+half_open_probes = 1
 
 [[webhooks]]
 id = "live"
@@ -47,27 +49,44 @@ body = '{{"loan": {{{{json subject}}}}}}'
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery() {
-    let (dead, live) = (TestReceiver::start().await, TestReceiver::start().await);
-    dead.set_default(Reply::status(500));
-    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_circuit"));
+/// A standalone Herald on a fresh database with these definitions;
+/// `concurrency` 0 keeps the default.
+async fn start(
+    name: &str,
+    definitions: &str,
+    concurrency: usize,
+) -> (std::path::PathBuf, CancellationToken, standalone::Running) {
+    let dir = std::env::temp_dir().join(herald_tests::unique_name(name));
     let shutdown = CancellationToken::new();
-    let config = StandaloneConfig {
+    let mut config = StandaloneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: dir.join("herald.db"),
         api_tokens: vec!["t".into()],
         ssrf_allow: vec!["127.0.0.0/8".into()],
-        // One attempt at a time: none is in flight when the circuit opens,
-        // so the request counts below are exact.
-        concurrency: 1,
         ..StandaloneConfig::default()
     };
-    let webhooks = Webhooks::from_toml(&definitions(&dead, &live)).unwrap();
+    if concurrency > 0 {
+        config.concurrency = concurrency;
+    }
     let secrets: HashMap<SecretRef, String> = HashMap::new();
-    let running = standalone::start(config, webhooks, Arc::new(secrets), shutdown.clone())
-        .await
-        .expect("start");
+    let running = standalone::start(
+        config,
+        Webhooks::from_toml(definitions).unwrap(),
+        Arc::new(secrets),
+        shutdown.clone(),
+    )
+    .await
+    .expect("start");
+    (dir, shutdown, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery() {
+    let (dead, live) = (TestReceiver::start().await, TestReceiver::start().await);
+    dead.set_default(Reply::status(500));
+    // One attempt at a time: none is in flight when the circuit opens, so
+    // the request counts below are exact.
+    let (_dir, shutdown, running) = start("herald_circuit", &definitions(&dead, &live), 1).await;
     let engine = running.engine.clone();
 
     let events: Vec<_> = (0..20)
@@ -87,14 +106,17 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
 
     // Let a probe fail once, then recover the endpoint.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !engine
-        .circuits()
-        .iter()
-        .any(|v| v.webhook_id == "dead" && v.reason == "probe failed")
-    {
+    let reopened = loop {
+        if let Some(v) = engine
+            .circuits()
+            .into_iter()
+            .find(|v| v.webhook_id == "dead" && v.reason.starts_with("1 of 1 probes failed"))
+        {
+            break v.since;
+        }
         assert!(Instant::now() < deadline, "no probe failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     dead.set_default(Reply::ok());
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
@@ -120,9 +142,10 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
     shutdown.cancel();
     running.wait().await;
 
-    // The dead endpoint's attempts, in order: three failures open the
-    // circuit; from then on only one probe per cool-down (1 s) goes out
-    // until one succeeds and closes it; then the parked ones are delivered.
+    // The dead endpoint's attempts, in order: failures held for a window
+    // open the circuit; from then on only one probe per cool-down (1 s)
+    // goes out until one succeeds and closes it; then the parked ones are
+    // delivered.
     let mut dead_log: Vec<(DateTime<Utc>, bool)> = Vec::new();
     for id in &ids {
         let r = engine.store().get(*id).await.unwrap().unwrap();
@@ -140,6 +163,12 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
         failures >= 4,
         "three to open, then a failed probe: {dead_log:?}"
     );
+    // The probe that failed at `reopened` started within the cool-down
+    // before it, when nothing else was sent.
+    let probing = dead_log
+        .iter()
+        .position(|(at, _)| *at >= reopened - chrono::Duration::milliseconds(500))
+        .unwrap();
     assert!(
         dead_log[failures..].iter().all(|(_, ok)| *ok),
         "no failure after the circuit closed: {dead_log:?}"
@@ -149,10 +178,11 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
         failures + 20,
         "one success per notification"
     );
-    // Requests sent while the circuit was open are the probes: from the third
-    // failure to the first success, each is at least a cool-down after the
-    // one before.
-    for pair in dead_log[2..=failures].windows(2) {
+    // Requests sent while the circuit was open are the probes: from the
+    // failed probe to the first success, each is at least a cool-down after
+    // the one before.
+    assert!(probing < failures, "{dead_log:?}");
+    for pair in dead_log[probing..=failures].windows(2) {
         let gap = pair[1].0 - pair[0].0;
         assert!(
             gap >= chrono::Duration::milliseconds(999),
@@ -181,4 +211,87 @@ async fn standalone_parks_a_failing_endpoint_and_delivers_everything_on_recovery
     );
     assert_eq!(dead_attempts, dead_log.len());
     assert_eq!(live.received().len(), 20);
+}
+
+/// A receiver that rejects the first two attempts of every notification and
+/// accepts the third (one request in three) is never starved by the default
+/// breaker: scaled down (retries after 300 ms, a 1 s window, so the window
+/// is longer than the time to the third attempt, as the defaults are), every
+/// notification is delivered at its third attempt, and parking, if the
+/// breaker ever parks, changes no attempt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_never_starves_a_receiver_that_accepts_the_third_attempt() {
+    let rx = TestReceiver::start().await;
+    rx.fail_first(2, 503);
+    let defs = format!(
+        r#"
+[[webhooks]]
+id = "dedup"
+events = ["bank.loan.*"]
+url = "{url}"
+body = '{{"loan": {{{{json subject}}}}}}'
+[webhooks.retry]
+max_attempts = 10
+initial_delay = "300ms"
+multiplier = 1.0
+max_delay = "300ms"
+jitter = 0.0
+[webhooks.circuit]
+window = "1s"
+failure_threshold = 3
+cooldown = "1s"
+"#,
+        url = rx.url("/dedup")
+    );
+    let (dir, shutdown, running) = start("herald_circuit_k2", &defs, 0).await;
+    let engine = running.engine.clone();
+    // A steady input: 60 notifications, 20 a second.
+    let mut ids = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for i in 0..60 {
+        tick.tick().await;
+        let event = json!({"specversion": "1.0", "id": format!("k{i}"), "source": "/core",
+                           "type": "bank.loan.disbursed", "subject": format!("L-{i}")});
+        ids.extend(
+            engine
+                .accept(vec![event])
+                .await
+                .expect("accepted")
+                .into_iter()
+                .map(|a| a.id),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let r = engine.store().get(*id).await.unwrap().unwrap();
+            if r.state.status == Status::Delivered {
+                let mut numbers: Vec<(u32, bool)> = r
+                    .attempts
+                    .iter()
+                    .map(|a| (a.attempt_no, a.outcome == Outcome::Success))
+                    .collect();
+                numbers.sort();
+                assert_eq!(numbers, [(1, false), (2, false), (3, true)], "{id}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} not delivered within 60 s: {:?}; circuits {:?}",
+                r.state,
+                engine.circuits()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        rx.received().len(),
+        3 * ids.len(),
+        "one request per attempt"
+    );
+    let view = engine.circuits().pop().unwrap();
+    eprintln!("circuit at the end: {:?} ({})", view.state, view.reason);
+    shutdown.cancel();
+    running.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -53,9 +53,9 @@ impl CircuitBoard {
         self.circuits.lock().expect("circuits lock")
     }
 
-    /// May a job of this webhook be attempted now?
-    pub(super) fn admit(&self, webhook_id: &str) -> Admission {
-        self.lock().admit(webhook_id, Utc::now())
+    /// May a job of this webhook, due since `due_at`, be attempted now?
+    pub(super) fn admit(&self, webhook_id: &str, due_at: chrono::DateTime<Utc>) -> Admission {
+        self.lock().admit(webhook_id, Utc::now(), due_at)
     }
 
     /// The end of the cool-down if the circuit is open (read-only).
@@ -160,6 +160,7 @@ pub async fn force_close(
         until: None,
         changed_by: format!("operator:{requested_by}"),
         reason: "closed by an operator".into(),
+        reopens: 0,
     };
     let payload = serde_json::to_vec(&change).expect("a circuit change always encodes");
     producer

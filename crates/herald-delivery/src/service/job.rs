@@ -364,7 +364,7 @@ async fn attempt(
     // Asked after the slot is ours: the circuit may have opened while this
     // job queued for it.
     let admission = if gated {
-        shared.circuits.admit(plan.webhook_id)
+        shared.circuits.admit(plan.webhook_id, due_at)
     } else {
         Admission::Send
     };

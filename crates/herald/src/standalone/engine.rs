@@ -394,11 +394,11 @@ impl Engine {
         // through an open circuit and says nothing about it.
         let gated = work.trigger != Trigger::Manual;
         let admission = if gated {
-            let a = self
-                .circuits
-                .lock()
-                .expect("circuits lock")
-                .admit(&n.webhook_id, Utc::now());
+            let a = self.circuits.lock().expect("circuits lock").admit(
+                &n.webhook_id,
+                Utc::now(),
+                work.due_at,
+            );
             self.circuit_changes();
             a
         } else {
