@@ -11,4 +11,4 @@ pub mod receiver;
 pub use infra::{cql_node, free_port, kafka_bootstrap, unique_name};
 pub use kafka_world::KafkaWorld;
 pub use poll::{eventually, eventually_every};
-pub use receiver::{Received, Reply, TestReceiver};
+pub use receiver::{Failing, Received, Reply, TestReceiver};

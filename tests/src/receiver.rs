@@ -70,15 +70,24 @@ impl Received {
     }
 }
 
+/// A receiver that fails some requests of every notification.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Failing {
+    /// The first `k` requests of each notification.
+    First(usize),
+    /// Each request with this probability.
+    Share(f64),
+}
+
 #[derive(Default)]
 struct Script {
     /// Replies used first, in order, one per request.
     queue: VecDeque<Reply>,
     /// The reply once the queue is empty.
     default: Option<Reply>,
-    /// Answer the first `k` requests of each `webhook-id` with `status`
-    /// (after the queue, before the default).
-    fail_first: Option<(usize, u16)>,
+    /// Which requests of each `webhook-id` get `status` (after the queue,
+    /// before the default).
+    failing: Option<(Failing, u16)>,
     seen: std::collections::HashMap<String, usize>,
 }
 
@@ -145,7 +154,13 @@ impl TestReceiver {
     /// `webhook-id` header) with `status`, and later ones as by default:
     /// a receiver that locks or deduplicates and accepts a retry.
     pub fn fail_first(&self, k: usize, status: u16) {
-        self.script.lock().unwrap().fail_first = Some((k, status));
+        self.fail(Failing::First(k), status);
+    }
+
+    /// Answer the requests `failing` picks with `status`, the others as
+    /// by default.
+    pub fn fail(&self, failing: Failing, status: u16) {
+        self.script.lock().unwrap().failing = Some((failing, status));
     }
 
     /// The reply for every request once the queue is used up.
@@ -223,11 +238,15 @@ async fn handle(
         let reply = match s.queue.pop_front() {
             Some(reply) => reply,
             None => {
-                let failing = s.fail_first.and_then(|(k, status)| {
+                let failing = s.failing.and_then(|(failing, status)| {
                     let id = record.header("webhook-id")?.to_owned();
                     let seen = s.seen.entry(id).or_default();
                     *seen += 1;
-                    (*seen <= k).then(|| Reply::status(status))
+                    let fails = match failing {
+                        Failing::First(k) => *seen <= k,
+                        Failing::Share(p) => rand::random::<f64>() < p,
+                    };
+                    fails.then(|| Reply::status(status))
                 });
                 failing
                     .or_else(|| s.default.clone())

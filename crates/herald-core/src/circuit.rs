@@ -432,7 +432,7 @@ impl Breaker {
                 match signal {
                     Signal::Success => {
                         self.probes_ok += 1;
-                        (self.probes_ok > sample - to_open).then(|| {
+                        (self.probes_ok > sample.saturating_sub(to_open)).then(|| {
                             let reason = format!(
                                 "{} of {} probes succeeded",
                                 self.probes_ok,

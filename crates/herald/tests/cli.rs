@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use herald::standalone::{self, StandaloneConfig};
 use herald_core::Webhooks;
+use herald_store::NotificationStore;
 use herald_tests::{Reply, TestReceiver};
 use tokio_util::sync::CancellationToken;
 
@@ -283,12 +284,33 @@ async fn circuits_are_listed_and_closed_through_the_api() {
     let rx = TestReceiver::start().await;
     rx.set_default(Reply::status(503));
     let defs = format!(
-        "[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{}}'\n[webhooks.circuit]\nfailure_threshold = 1\ncooldown = \"1h\"\n",
+        "[[webhooks]]\nid = \"cards\"\nevents = [\"bank.card.*\"]\nurl = \"{}\"\nbody = '{{}}'\n[webhooks.circuit]\nfailure_threshold = 1\nwindow = \"1ms\"\ncooldown = \"1h\"\n",
         rx.url("/cards")
     );
     let (running, shutdown, api) = standalone_api(&defs, "herald_cli_circuits").await;
-    let event = serde_json::json!({"specversion": "1.0", "id": "c1", "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
-    running.engine.accept(vec![event]).await.unwrap();
+    // Failures held for a window (1 ms) open the circuit: two failures, the
+    // second accepted 2 ms after the first was recorded (the breaker hears
+    // of an attempt before the store does).
+    for id in ["c1", "c2"] {
+        let event = serde_json::json!({"specversion": "1.0", "id": id, "source": "/cards", "type": "bank.card.blocked", "subject": "CARD-1"});
+        let accepted = running.engine.accept(vec![event]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while running
+            .engine
+            .store()
+            .attempts(accepted[0].id)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never attempted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let env = [("HERALD_API_URL", api), ("HERALD_API_TOKEN", "cli-token")];
     let json = move || {
         let o = herald(&["circuits", "--json"], &env);
@@ -296,7 +318,7 @@ async fn circuits_are_listed_and_closed_through_the_api() {
         serde_json::from_str::<serde_json::Value>(stdout(&o).lines().next().unwrap()).unwrap()
     };
 
-    // One failure opens the circuit.
+    // The second failure opens the circuit.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let c = tokio::task::spawn_blocking(json).await.unwrap();
