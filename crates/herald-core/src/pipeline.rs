@@ -88,9 +88,13 @@ impl Accepted {
 /// manual re-sends, and so that at most one retry chain stays alive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
-    /// Attempts on record, of every trigger: the next is `recorded + 1`.
+    /// The highest attempt number on record, of every trigger: the next is
+    /// `recorded + 1`.
     pub recorded: u32,
-    /// Automatic attempts (first attempt and retries) on record.
+    /// Automatic steps (first attempt and retries) on record: distinct
+    /// attempt numbers, so an attempt two workers both made (one lost its
+    /// partition with the attempt in flight, the other found nothing on
+    /// record yet) counts once.
     pub automatic: u32,
     /// Some attempt got a 2xx.
     pub delivered: bool,
@@ -113,9 +117,17 @@ impl History {
         automatic.sort_by_key(|a| (a.started_at, a.attempt_id));
         let latest = automatic.last();
         let failed = |a: &&&Attempt| a.outcome != Outcome::Success;
+        let mut steps: Vec<u32> = automatic.iter().map(|a| a.attempt_no).collect();
+        steps.sort_unstable();
+        steps.dedup();
         Self {
-            recorded: u32::try_from(attempts.len()).unwrap_or(u32::MAX - 1),
-            automatic: u32::try_from(automatic.len()).unwrap_or(u32::MAX - 1),
+            recorded: attempts
+                .iter()
+                .map(|a| a.attempt_no)
+                .max()
+                .unwrap_or(0)
+                .min(u32::MAX - 1),
+            automatic: u32::try_from(steps.len()).unwrap_or(u32::MAX - 1),
             delivered: attempts.iter().any(|a| a.outcome == Outcome::Success),
             exhausted: latest
                 .is_some_and(|a| a.outcome != Outcome::Success && a.next_attempt_at.is_none()),
@@ -286,6 +298,28 @@ mod tests {
             response_excerpt: None,
             next_attempt_at: next.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
         }
+    }
+
+    /// Found by the flapping-receivers chaos run: a worker lost its
+    /// partition while its first attempt was in flight; the next owner,
+    /// finding nothing on record yet, made the first attempt again. Both
+    /// recorded attempt 1 and published a retry; both retries then took
+    /// step 2 for done, and the notification was never attempted again.
+    #[test]
+    fn a_duplicated_attempt_is_one_step() {
+        let mut dup = attempt(1, Trigger::Auto, false, Some(11));
+        dup.attempt_id = uuid::Uuid::from_u128(99);
+        dup.started_at = Utc.timestamp_opt(2, 0).unwrap();
+        let h = History::of(&[attempt(1, Trigger::Auto, false, Some(10)), dup]);
+        assert_eq!((h.recorded, h.automatic, h.next_number()), (1, 1, 2));
+        assert_eq!(verdict(&h, 2, false), Verdict::Send, "step 2 is owed");
+        assert_eq!(
+            verdict(&h, 1, true),
+            Verdict::Resume {
+                step: 2,
+                due_at: Utc.timestamp_opt(11, 0).unwrap()
+            }
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ async fn resend(shared: &Shared, cmd: &ResendCommand) {
         warn!(notification = %id, requested_by = %cmd.requested_by, "resend of a notification that was never rendered ignored");
         return;
     };
-    let attempt_no = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
+    let attempt_no = History::of(&record.attempts).next_number();
     let plan = AttemptPlan {
         notification_id: id,
         webhook_id: &record.notification.webhook_id,
