@@ -246,6 +246,46 @@ async fn attempts_come_back_ordered_by_time(store: &dyn NotificationStore) {
     assert_eq!(rec.state.attempts, 3);
 }
 
+/// Delivered is final: an attempt two workers both made (one lost its
+/// partition with it in flight) may be recorded after the success, with a
+/// later start and a failure; the notification stays delivered, with no
+/// retry due, whatever the arrival order. The count and last attempt time
+/// still move. Found by the flapping-receivers chaos run.
+async fn a_duplicate_failure_after_a_delivery_leaves_it_delivered(store: &dyn NotificationStore) {
+    let wh = unique_name("wh");
+    for (i, reversed) in [(0, false), (1, true)] {
+        let n = notification(&wh, i, at(0));
+        store
+            .append_notifications(std::slice::from_ref(&n))
+            .await
+            .unwrap();
+        let mut atts = vec![
+            attempt(&n, 1, at(1_000), Outcome::Success, None),
+            attempt(&n, 1, at(1_500), Outcome::HttpError, Some(at(61_500))),
+        ];
+        if reversed {
+            atts.reverse();
+        }
+        for a in &atts {
+            store
+                .append_attempts(std::slice::from_ref(a))
+                .await
+                .unwrap();
+        }
+        let s = store.state(n.id).await.unwrap().unwrap();
+        assert_eq!(
+            s,
+            NotificationState::derive(&n.content, &atts),
+            "reversed {reversed}"
+        );
+        assert_eq!(
+            (s.status, s.attempts, s.last_attempt_at, s.next_attempt_at),
+            (Status::Delivered, 1, Some(at(1_500)), None),
+            "reversed {reversed}"
+        );
+    }
+}
+
 /// A failed manual re-send changes no status: the scheduled retry (or the
 /// exhaustion) stands, whatever the arrival order; a successful one
 /// delivers. The count and last attempt time still move.
@@ -839,6 +879,7 @@ conformance!(
     attempts_come_back_ordered_by_time,
     state_converges_whatever_the_arrival_order,
     a_failed_manual_resend_changes_no_status,
+    a_duplicate_failure_after_a_delivery_leaves_it_delivered,
     pages_never_skip_or_repeat_a_row,
     time_range_is_from_inclusive_to_exclusive,
     large_bodies_round_trip_byte_identical,

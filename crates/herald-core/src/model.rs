@@ -297,7 +297,8 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationState {
     pub status: Status,
-    /// Number of attempts recorded.
+    /// The number of the latest attempt on record (attempts are numbered
+    /// 1, 2, …; a copy two workers both made shares its number).
     pub attempts: u32,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -330,13 +331,21 @@ impl NotificationState {
         }
         let order = |a: &&Attempt| (a.started_at, a.attempt_id);
         if let Some(latest) = attempts.iter().max_by_key(order) {
-            state.attempts = attempts.len() as u32;
+            state.attempts = latest.attempt_no;
             state.last_attempt_at = Some(latest.started_at);
         }
+        // Delivered is final: a copy of an earlier step that two workers
+        // both made can finish, and fail, after the success.
         let deciding = attempts
             .iter()
-            .filter(|a| a.implied_status().is_some())
-            .max_by_key(order);
+            .filter(|a| a.outcome == Outcome::Success)
+            .max_by_key(order)
+            .or_else(|| {
+                attempts
+                    .iter()
+                    .filter(|a| a.implied_status().is_some())
+                    .max_by_key(order)
+            });
         if let Some(a) = deciding {
             state.status = a.implied_status().unwrap_or(state.status);
             state.next_attempt_at = a.next_attempt_at;

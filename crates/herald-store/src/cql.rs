@@ -34,7 +34,7 @@ use scylla::value::CqlTimestamp;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::query::{attempt_write_ts, from_ms, to_ms};
+use crate::query::{attempt_write_ts, from_ms, status_write_ts, to_ms};
 use crate::{
     Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
     StoreError, StoreLimits,
@@ -302,6 +302,9 @@ struct Statements {
     insert_state: PreparedStatement,
     /// The count alone: a failed manual re-send changes no status.
     insert_count: PreparedStatement,
+    /// A `delivered` status alone, at [`status_write_ts`]: the count and the
+    /// last attempt time go with [`Statements::insert_count`].
+    insert_status: PreparedStatement,
     insert_attempt: PreparedStatement,
     insert_failed: PreparedStatement,
     delete_failed: PreparedStatement,
@@ -440,6 +443,11 @@ impl CqlStore {
                 "INSERT INTO {ks}.notification_state \
                  (notification_id, status, attempts, last_attempt_at, next_attempt_at) \
                  VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_status: writer(format!(
+                "INSERT INTO {ks}.notification_state \
+                 (notification_id, status, next_attempt_at) VALUES (?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             insert_count: writer(format!(
@@ -587,7 +595,21 @@ impl CqlStore {
         let ts = attempt_write_ts(a.started_at, created);
         let implied = a.implied_status();
         let state = async {
+            let count = (id.0, to_i32(a.attempt_no), CqlTimestamp(started), ts);
             match implied {
+                Some(Status::Delivered) => {
+                    let status = (
+                        id.0,
+                        Status::Delivered.as_str(),
+                        None::<CqlTimestamp>,
+                        status_write_ts(Status::Delivered, ts),
+                    );
+                    futures::try_join!(
+                        self.session.execute_unpaged(&self.st.insert_status, status),
+                        self.session.execute_unpaged(&self.st.insert_count, count),
+                    )
+                    .map(|_| ())
+                }
                 Some(status) => {
                     let values = (
                         id.0,
@@ -600,13 +622,13 @@ impl CqlStore {
                     self.session
                         .execute_unpaged(&self.st.insert_state, values)
                         .await
+                        .map(|_| ())
                 }
-                None => {
-                    let values = (id.0, to_i32(a.attempt_no), CqlTimestamp(started), ts);
-                    self.session
-                        .execute_unpaged(&self.st.insert_count, values)
-                        .await
-                }
+                None => self
+                    .session
+                    .execute_unpaged(&self.st.insert_count, count)
+                    .await
+                    .map(|_| ()),
             }
         };
         let day = day_of(created)?;

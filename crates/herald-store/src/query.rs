@@ -154,6 +154,21 @@ pub(crate) fn attempt_write_ts(started_at: DateTime<Utc>, created_at_ms: i64) ->
     started_at.timestamp_micros().max(created_at_ms * 1000 + 1)
 }
 
+/// Added to the write timestamp of a `delivered` status: no other status an
+/// attempt implies can overwrite it, whatever its start time (a copy of an
+/// earlier step that two workers both made can finish, and fail, after the
+/// success). About 36,000 years in microseconds, far above any real time.
+const DELIVERED_TS_OFFSET: i64 = 1 << 60;
+
+/// The write timestamp of the status (and next due time) an attempt implies.
+pub(crate) fn status_write_ts(status: Status, attempt_ts: i64) -> i64 {
+    if status == Status::Delivered {
+        attempt_ts.saturating_add(DELIVERED_TS_OFFSET)
+    } else {
+        attempt_ts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::query::{attempt_write_ts, from_ms, to_ms};
+use crate::query::{attempt_write_ts, from_ms, status_write_ts, to_ms};
 use crate::{
     Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
     StoreError, StoreLimits,
@@ -667,7 +667,7 @@ fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
     ])?;
     let ts = attempt_write_ts(a.started_at, created_ms);
     let (status, status_ts) = match a.implied_status() {
-        Some(status) => (status, ts),
+        Some(status) => (status, status_write_ts(status, ts)),
         None => (Status::Pending, -1),
     };
     tx.prepare_cached(UPSERT_STATE)?.execute(params![
