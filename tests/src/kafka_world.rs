@@ -71,6 +71,8 @@ pub struct KafkaWorld {
     pub producer: FutureProducer,
     /// Partitions of every topic.
     pub partitions: i32,
+    /// The retry tiers of the topics and of [`KafkaWorld::config`].
+    pub tiers: Vec<String>,
 }
 
 impl KafkaWorld {
@@ -78,6 +80,11 @@ impl KafkaWorld {
     /// migrated keyspace, or `None` when the infrastructure is missing and
     /// not required (see [`kafka_bootstrap`]).
     pub async fn new(test: &str, partitions: i32) -> Option<Self> {
+        Self::with_tiers(test, partitions, &TIERS).await
+    }
+
+    /// [`KafkaWorld::new`] with these retry tiers.
+    pub async fn with_tiers(test: &str, partitions: i32, tiers: &[&str]) -> Option<Self> {
         let bootstrap = kafka_bootstrap(test)?;
         let node = cql_node(test)?;
         let name = unique_name(test);
@@ -92,7 +99,7 @@ impl KafkaWorld {
                 partitions,
                 ..TopicSettings::default()
             },
-            &Tiers::parse(&TIERS).unwrap(),
+            &Tiers::parse(tiers).unwrap(),
         )
         .await
         .expect("create topics");
@@ -121,6 +128,7 @@ impl KafkaWorld {
             store,
             producer,
             partitions,
+            tiers: tiers.iter().map(|t| t.to_string()).collect(),
         })
     }
 
@@ -130,7 +138,7 @@ impl KafkaWorld {
         DeliveryConfig {
             kafka: self.kafka.clone(),
             group_id: format!("{}_delivery", self.name),
-            tiers: TIERS.map(String::from).to_vec(),
+            tiers: self.tiers.clone(),
             cql: self.cql.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             max_in_flight: 64,

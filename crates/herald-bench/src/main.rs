@@ -9,7 +9,9 @@
 //! - `kafka`: CloudEvents produced to the input topic, through `ingest`,
 //!   Cassandra and `delivery` as separate processes (needs `scripts/infra up`).
 //! - `retry`: one first attempt in ten fails; lateness of every retry against
-//!   its recorded due time, in both modes.
+//!   its recorded due time, in both modes. `--mixed`: the same next to a
+//!   neighbour webhook whose receiver always asks for `Retry-After: 90`,
+//!   with retries crossing tier boundaries ([`pipeline::Shape::Mixed`]).
 //! - `store`: sustained notification + attempt writes of each store adapter.
 //! - `circuit`: the circuit breaker against modelled receivers, without and
 //!   with it, in simulated time (no baseline: nothing here depends on the
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use measure::{Percentiles, cores, receiver};
-use pipeline::Pipeline;
+use pipeline::{Pipeline, Shape};
 
 /// Attempts Herald keeps in flight (its default); the baseline uses the same.
 const CONCURRENCY: usize = 256;
@@ -50,6 +52,8 @@ const SCENARIOS: [&str; 7] = [
 
 struct Opts {
     quick: bool,
+    /// `retry --mixed`: see [`pipeline::Shape::Mixed`].
+    mixed: bool,
 }
 
 impl Opts {
@@ -84,11 +88,15 @@ fn main() -> anyhow::Result<()> {
         scenario if SCENARIOS.contains(&scenario) => {
             let opts = Opts {
                 quick: args.iter().any(|a| a == "--quick"),
+                mixed: args.iter().any(|a| a == "--mixed"),
             };
             runtime.block_on(run(scenario, &opts))
         }
         _ => {
-            eprintln!("usage: herald-bench <{}> [--quick]", SCENARIOS.join("|"));
+            eprintln!(
+                "usage: herald-bench <{}> [--quick] [--mixed (retry)]",
+                SCENARIOS.join("|")
+            );
             std::process::exit(2);
         }
     }
@@ -125,7 +133,7 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
     for mode in ["standalone", "kafka"] {
         if scenario == mode || all {
             let rx = receiver(false).await?;
-            let p = start(mode, rx.addr.port()).await?;
+            let p = start(mode, rx.addr.port(), Shape::Plain).await?;
             let f = e2e::run(&p, &rx, opts).await;
             p.stop().await?;
             let f = f?;
@@ -161,12 +169,20 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
         let mut modes = Map::new();
         for mode in ["standalone", "kafka"] {
             let rx = receiver(true).await?;
-            let p = start(mode, rx.addr.port()).await?;
+            let shape = if opts.mixed {
+                Shape::Mixed
+            } else {
+                Shape::Plain
+            };
+            let p = start(mode, rx.addr.port(), shape).await?;
             let f = retry::run(&p, &rx, opts).await;
             p.stop().await?;
             let f = f?;
             row(
-                &format!("retry ({mode}): events / retries"),
+                &format!(
+                    "retry{} ({mode}): events / retries",
+                    if opts.mixed { " --mixed" } else { "" }
+                ),
                 f.events as f64,
                 0,
             );
@@ -211,10 +227,10 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start(mode: &str, receiver_port: u16) -> anyhow::Result<Pipeline> {
+async fn start(mode: &str, receiver_port: u16, shape: Shape) -> anyhow::Result<Pipeline> {
     match mode {
-        "standalone" => Pipeline::standalone(receiver_port).await,
-        _ => Pipeline::kafka(receiver_port).await,
+        "standalone" => Pipeline::standalone(receiver_port, shape).await,
+        _ => Pipeline::kafka(receiver_port, shape).await,
     }
 }
 

@@ -106,7 +106,9 @@ impl Percentiles {
 /// `fail_first` set, the first request of every event whose id ends in `0`
 /// (one in ten of the load generator's ids) is answered 503, and every later
 /// request for such an event is logged with its `webhook-id` and wall-clock
-/// arrival, for the retry scenario.
+/// arrival, for the retry scenario. Requests to
+/// [`crate::pipeline::HOSTILE_PATH`] are answered 503 with `Retry-After: 90`
+/// and not counted.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub count: Arc<AtomicU64>,
@@ -147,6 +149,15 @@ pub async fn receiver(fail_first: bool) -> anyhow::Result<Receiver> {
                         failed.clone(),
                     );
                     async move {
+                        if req.uri().path() == crate::pipeline::HOSTILE_PATH {
+                            let mut r = Response::new(Full::new(Bytes::from_static(b"later")));
+                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            r.headers_mut().insert(
+                                hyper::header::RETRY_AFTER,
+                                hyper::header::HeaderValue::from_static("90"),
+                            );
+                            return Ok::<_, hyper::Error>(r);
+                        }
                         let webhook_id = req
                             .headers()
                             .get("webhook-id")

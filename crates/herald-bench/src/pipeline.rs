@@ -32,32 +32,71 @@ use crate::{CONCURRENCY, TOKEN};
 
 /// Partitions of every topic in the Kafka pipeline.
 const PARTITIONS: i32 = 6;
-/// Retry tiers of the Kafka pipeline: the retry scenario's delays fit them.
-const TIERS: [&str; 2] = ["1s", "5s"];
-const KAFKA: &str = "127.0.0.1:9092";
-const CQL: &str = "127.0.0.1:9042";
+/// What the pipeline under measurement is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One webhook for every bench event, retried after about a second;
+    /// retry tiers 1s and 5s.
+    Plain,
+    /// `retry --mixed`: default-shaped tiers scaled down (1s, 10s, 100s),
+    /// the bench webhook retried after 12 s (longer than one 10s-tier
+    /// stay), and a neighbour, `hostile`, whose receiver answers every
+    /// request 503 with `Retry-After: 90`, just under its 95 s cap: its
+    /// retries are the heads of the 10s tier's partitions.
+    Mixed,
+}
 
-/// One webhook for every bench event, signed, retried after about a second.
-fn webhooks_toml(receiver_port: u16) -> String {
-    format!(
-        r#"[secrets]
+impl Shape {
+    fn tiers(self) -> &'static [&'static str] {
+        match self {
+            Shape::Plain => &["1s", "5s"],
+            Shape::Mixed => &["1s", "10s", "100s"],
+        }
+    }
+
+    fn webhooks_toml(self, receiver_port: u16) -> String {
+        let (retry, hostile) = match self {
+            Shape::Plain => (
+                "initial_delay = \"1s\"\nmultiplier = 2.0\nmax_delay = \"5s\"\nmax_attempts = 5",
+                String::new(),
+            ),
+            Shape::Mixed => (
+                "initial_delay = \"12s\"\nmultiplier = 2.0\nmax_delay = \"100s\"\nmax_attempts = 5\nretry_after_max = \"95s\"",
+                format!(
+                    r#"
+[[webhooks]]
+id = "hostile"
+events = ["bank.hostile.*"]
+url = "http://127.0.0.1:{receiver_port}{HOSTILE_PATH}"
+body = '{{"id": {{{{json id}}}}}}'
+[webhooks.circuit]
+enabled = false
+"#
+                ),
+            ),
+        };
+        format!(
+            r#"[secrets]
 bench = {{ env = "HERALD_BENCH_WHSEC" }}
 
 [defaults.retry]
-initial_delay = "1s"
-multiplier = 2.0
-max_delay = "5s"
-max_attempts = 5
+{retry}
 
 [[webhooks]]
 id = "bench"
-events = ["bank.*"]
+events = ["bank.deposit.*"]
 url = "http://127.0.0.1:{receiver_port}/hook"
 signing_secrets = ["bench"]
 body = '{{"id": {{{{json id}}}}, "account": {{{{json subject}}}}, "amount": "{{{{money data.amount_minor data.currency}}}}"}}'
-"#
-    )
+{hostile}"#
+        )
+    }
 }
+
+/// Where the `hostile` webhook of [`Shape::Mixed`] posts.
+pub const HOSTILE_PATH: &str = "/hostile";
+const KAFKA: &str = "127.0.0.1:9092";
+const CQL: &str = "127.0.0.1:9042";
 
 fn secrets() -> Arc<dyn SecretSource + Send + Sync> {
     Arc::new(HashMap::from([(
@@ -135,9 +174,12 @@ fn bench_dir(tag: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Pipeline {
-    pub async fn standalone(receiver_port: u16) -> anyhow::Result<Self> {
+    pub async fn standalone(receiver_port: u16, shape: Shape) -> anyhow::Result<Self> {
         let dir = bench_dir("standalone")?;
-        std::fs::write(dir.join("webhooks.toml"), webhooks_toml(receiver_port))?;
+        std::fs::write(
+            dir.join("webhooks.toml"),
+            shape.webhooks_toml(receiver_port),
+        )?;
         let (child, addr) = spawn_child(&["serve-standalone", dir.to_str().context("utf-8")?])?;
         Ok(Self {
             name: "standalone",
@@ -154,17 +196,17 @@ impl Pipeline {
 
     /// Kafka mode: fresh topics and keyspace, then `ingest` and `delivery`
     /// as two child processes.
-    pub async fn kafka(receiver_port: u16) -> anyhow::Result<Self> {
+    pub async fn kafka(receiver_port: u16, shape: Shape) -> anyhow::Result<Self> {
         let name = format!("bench_{}_{}", std::process::id(), rand_suffix());
         let dir = bench_dir("kafka")?;
         let webhooks = dir.join("webhooks.toml");
-        std::fs::write(&webhooks, webhooks_toml(receiver_port))?;
+        std::fs::write(&webhooks, shape.webhooks_toml(receiver_port))?;
         let kafka = KafkaConfig {
             bootstrap_servers: KAFKA.into(),
             topic_prefix: format!("{name}."),
             ..KafkaConfig::default()
         };
-        let tiers: Vec<String> = TIERS.map(String::from).to_vec();
+        let tiers: Vec<String> = shape.tiers().iter().map(|t| t.to_string()).collect();
         create_all(
             &kafka,
             &TopicSettings {
@@ -371,7 +413,8 @@ pub async fn serve_standalone(dir: &str) -> anyhow::Result<()> {
         api_tokens: vec![TOKEN.into()],
         ssrf_allow: vec!["127.0.0.0/8".into()],
         concurrency: CONCURRENCY,
-        tiers: TIERS.map(String::from).to_vec(),
+        // Standalone's timer needs no tier topics; only names for metrics.
+        tiers: Shape::Plain.tiers().iter().map(|t| t.to_string()).collect(),
         ..Default::default()
     };
     let webhooks = load_webhooks(&dir.join("webhooks.toml"))?;

@@ -21,6 +21,8 @@ use crate::{Opts, TOKEN};
 /// Events per second while the scenario runs: a steady moderate load, so
 /// retries compete with first attempts.
 const RATE: f64 = 400.0;
+/// `--mixed`: notifications for the hostile neighbour, submitted first.
+const HOSTILE: u64 = 300;
 
 pub struct Figures {
     pub events: usize,
@@ -32,6 +34,19 @@ pub struct Figures {
 pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Figures> {
     let submitted = AtomicU64::new(0);
     warm_up(p, rx, &submitted).await?;
+    if opts.mixed {
+        // The neighbour's notifications first: their retries, due 90 s
+        // later, are at the heads of the tier partitions when the bench
+        // webhook's retries arrive behind them.
+        let hostile: Vec<Value> = (0..HOSTILE)
+            .map(|i| {
+                let mut e = crate::pipeline::event(&format!("hostile-{i}"), i);
+                e["type"] = "bank.hostile.posted".into();
+                e
+            })
+            .collect();
+        p.submit(&hostile).await?;
+    }
     let accepted = Accepted::default();
     drive(p, rx, &submitted, &accepted, opts.phase(), Some(RATE), "r").await?;
     let accepted = accepted.into_inner().unwrap();

@@ -22,7 +22,7 @@ pub use model::{
 };
 pub use pipeline::{Accepted, History, Owed, SkipReason, Verdict};
 pub use render::{BodyFormat, RenderError};
-pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, Tiers};
+pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, TierStep, Tiers};
 pub use secret::{SecretError, SecretRef, SecretSource, SecretValue};
 pub use signing::{SignatureHeaders, SigningError, SigningSecret};
 pub use webhook::{DefinitionError, DefinitionErrors, Webhook, Webhooks};

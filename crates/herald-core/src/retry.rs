@@ -381,6 +381,12 @@ impl Tiers {
                 "retry tiers must be longer than zero".into(),
             ));
         }
+        if delays.iter().any(|d| *d > LONGEST_WAIT) {
+            return Err(RetryConfigError::Invalid(format!(
+                "retry tiers must be at most {}",
+                format_duration(LONGEST_WAIT)
+            )));
+        }
         Ok(Self(
             delays
                 .into_iter()
@@ -410,6 +416,87 @@ impl Tiers {
     pub fn by_name(&self, name: &str) -> Option<&Tier> {
         self.0.iter().find(|t| t.name == name)
     }
+
+    /// The shortest tier: a job due within its delay is held in memory
+    /// rather than waiting in a topic.
+    pub fn smallest(&self) -> &Tier {
+        &self.0[0]
+    }
+
+    /// The cascade: what a consumer of `tier` does with a message produced
+    /// (appended) at `produced_at` and due at `due` (its `herald-due-at`
+    /// header, `None` when missing or unreadable), decided without decoding
+    /// the job. A message waits in its tier at most the tier's delay, then
+    /// hops, unchanged, to the tier that fits what is left, so each tier
+    /// partition is first in, first out by release time and a head never
+    /// holds back a message behind it beyond that message's own time in the
+    /// tier. `latest_due` bounds a believable due time: beyond it (a forged
+    /// or corrupt header) the message is refused, never waited on for ever.
+    pub fn step(
+        &self,
+        tier: &Tier,
+        produced_at: DateTime<Utc>,
+        due: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        latest_due: DateTime<Utc>,
+    ) -> TierStep {
+        let Some(due) = due else {
+            return TierStep::Refuse(format!(
+                "missing or unreadable {DUE_AT_HEADER} header on a retry-tier message"
+            ));
+        };
+        if due > latest_due {
+            return TierStep::Refuse(format!(
+                "{DUE_AT_HEADER} {} is later than any retry or cool-down allows ({})",
+                due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                latest_due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ));
+        }
+        if due <= now {
+            return TierStep::Run;
+        }
+        let hold = chrono::Duration::from_std(self.smallest().delay).unwrap_or_default();
+        if due - now <= hold {
+            return TierStep::Hold { at: due };
+        }
+        let stay = chrono::Duration::from_std(tier.delay).unwrap_or(chrono::Duration::MAX);
+        let hop_at = produced_at.checked_add_signed(stay).unwrap_or(due);
+        if hop_at <= now {
+            let left = (due - now).to_std().unwrap_or_default();
+            return TierStep::Hop {
+                tier: self.for_delay(left).clone(),
+            };
+        }
+        TierStep::Wait {
+            until: hop_at.min(due - hold),
+        }
+    }
+}
+
+/// The longest any single wait may be: a retry tier, a retry delay, a
+/// `Retry-After`, the retry age limit, a circuit cool-down. Longer settings
+/// are refused: a due time further away is not one Herald wrote, and timers
+/// have a range.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The header a tier consumer reads the due time from (Unix milliseconds).
+const DUE_AT_HEADER: &str = "herald-due-at";
+
+/// What to do with a retry-tier message ([`Tiers::step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierStep {
+    /// Due: decode it and attempt it now.
+    Run,
+    /// Due within the smallest tier's delay: take it now and attempt it at
+    /// `at`, held in memory and uncommitted, so a crash redoes it.
+    Hold { at: DateTime<Utc> },
+    /// Its time in this tier is over and it is not due: republish it
+    /// unchanged to `tier`.
+    Hop { tier: Tier },
+    /// Not yet: the partition waits until `until`.
+    Wait { until: DateTime<Utc> },
+    /// Dead-letter it with this reason.
+    Refuse(String),
 }
 
 #[cfg(test)]
@@ -441,6 +528,125 @@ mod tests {
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn the_cascade_waits_at_most_the_tier_then_hops_to_what_is_left() {
+        let tiers = Tiers::parse(&["1s", "10s", "100s"]).unwrap();
+        let tier = |n: &str| {
+            let d = crate::duration::parse_duration(n).unwrap();
+            tiers.for_delay(d).clone()
+        };
+        let at = |ms: i64| t0() + chrono::Duration::milliseconds(ms);
+        let latest = at(6 * 3_600_000);
+        let step = |t: &str, produced, due, now| {
+            tiers.step(&tier(t), at(produced), Some(at(due)), at(now), latest)
+        };
+        // Produced at 0 into the 10s tier, due at 95 s: waits its 10 s,
+        // then hops to the tier that fits the 85 s left.
+        assert_eq!(
+            step("10s", 0, 95_000, 0),
+            TierStep::Wait { until: at(10_000) }
+        );
+        assert_eq!(
+            step("10s", 0, 95_000, 10_000),
+            TierStep::Hop { tier: tier("10s") }
+        );
+        assert_eq!(
+            step("10s", 0, 250_000, 10_000),
+            TierStep::Hop { tier: tier("100s") }
+        );
+        // A head due in 5 h waits 100 s in the 100s tier, not 5 h.
+        assert_eq!(
+            step("100s", 0, 5 * 3_600_000, 0),
+            TierStep::Wait { until: at(100_000) }
+        );
+        // Near the end: the 1s tier, then held in memory for the last second.
+        assert_eq!(
+            step("100s", 0, 105_500, 100_000),
+            TierStep::Hop { tier: tier("1s") }
+        );
+        assert_eq!(
+            step("1s", 100_000, 105_500, 101_000),
+            TierStep::Hop { tier: tier("1s") }
+        );
+        assert_eq!(
+            step("1s", 104_000, 105_500, 104_800),
+            TierStep::Hold { at: at(105_500) }
+        );
+        // Due before its time in the tier is over: waits until it is within
+        // the hold window, never past its due time.
+        assert_eq!(
+            step("10s", 0, 5_000, 0),
+            TierStep::Wait { until: at(4_000) }
+        );
+        assert_eq!(
+            step("10s", 0, 5_000, 4_000),
+            TierStep::Hold { at: at(5_000) }
+        );
+        assert_eq!(step("10s", 0, 5_000, 5_000), TierStep::Run);
+        assert_eq!(step("10s", 0, 5_000, 9_000), TierStep::Run);
+    }
+
+    #[test]
+    fn a_forged_or_missing_due_time_is_refused() {
+        let tiers = Tiers::parse(&["1s", "10s"]).unwrap();
+        let t = tiers.by_name("10s").unwrap();
+        let latest = t0() + chrono::Duration::hours(7);
+        let far = DateTime::<Utc>::MAX_UTC;
+        let TierStep::Refuse(why) = tiers.step(t, t0(), Some(far), t0(), latest) else {
+            panic!("a far-future due time must be refused");
+        };
+        assert!(why.contains("later than any retry"), "{why}");
+        assert!(matches!(
+            tiers.step(t, t0(), None, t0(), latest),
+            TierStep::Refuse(_)
+        ));
+        // The bound itself is fine.
+        assert_eq!(
+            tiers.step(t, t0(), Some(latest), t0(), latest),
+            TierStep::Wait {
+                until: t0() + chrono::Duration::seconds(10)
+            }
+        );
+    }
+
+    proptest! {
+        /// Following the steps from any tier for any delay ends exactly at
+        /// the due time: never earlier, every wait within its tier's delay.
+        #[test]
+        fn the_cascade_ends_on_time(due_ms in 0i64..(6 * 3_600_000), late_ms in 0i64..50) {
+            let tiers = Tiers::default();
+            let at = |ms: i64| t0() + chrono::Duration::milliseconds(ms);
+            let latest = at(7 * 3_600_000);
+            let mut tier = tiers.for_delay(Duration::from_millis(due_ms as u64)).clone();
+            let (mut produced, mut now) = (at(0), at(0));
+            for _ in 0..200 {
+                match tiers.step(&tier, produced, Some(at(due_ms)), now, latest) {
+                    TierStep::Run => {
+                        prop_assert!(now >= at(due_ms));
+                        return Ok(());
+                    }
+                    TierStep::Hold { at: when } => {
+                        prop_assert_eq!(when, at(due_ms));
+                        prop_assert!(when - now <= chrono::Duration::seconds(10));
+                        return Ok(());
+                    }
+                    TierStep::Wait { until } => {
+                        prop_assert!(until > now);
+                        prop_assert!(until <= produced + chrono::Duration::from_std(tier.delay).unwrap());
+                        // The consumer wakes a little late, never early.
+                        now = until + chrono::Duration::milliseconds(late_ms);
+                    }
+                    TierStep::Hop { tier: next } => {
+                        tier = next;
+                        produced = now;
+                    }
+                    TierStep::Refuse(why) => prop_assert!(false, "{}", why),
+                }
+            }
+            prop_assert!(false, "did not end within 200 steps");
+        }
+    }
 
     #[test]
     fn classifies_statuses() {

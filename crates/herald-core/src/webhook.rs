@@ -21,7 +21,7 @@ use crate::model::{
     RenderedRequest,
 };
 use crate::render::{BodyFormat, Engines, Mode, RenderError};
-use crate::retry::{Backoff, FailureClass, OnGone, RetryPolicy};
+use crate::retry::{Backoff, FailureClass, LONGEST_WAIT, OnGone, RetryPolicy};
 use crate::secret::{SecretError, SecretRef, SecretSource, SecretValue};
 use crate::signing::SigningSecret;
 
@@ -765,6 +765,17 @@ impl Loader {
         }
     }
 
+    /// Waits are bounded: a due time further away than [`LONGEST_WAIT`] is
+    /// refused by the delivery service as forged, and timers have a range.
+    fn at_most_longest_wait(&mut self, at: &str, d: Duration) {
+        if d > LONGEST_WAIT {
+            self.error(
+                at.to_owned(),
+                format!("must be at most {}", format_duration(LONGEST_WAIT)),
+            );
+        }
+    }
+
     fn retry(&mut self, at: &str, raw: &RawRetry) -> RetryPolicy {
         let d = RetryPolicy::default();
         let max_attempts = raw.max_attempts.unwrap_or(d.max_attempts);
@@ -799,6 +810,13 @@ impl Loader {
             raw.retry_after_max.as_deref(),
             d.backoff.retry_after_max,
         );
+        for (name, d) in [
+            ("max_age", max_age),
+            ("max_delay", max_delay),
+            ("retry_after_max", retry_after_max),
+        ] {
+            self.at_most_longest_wait(&format!("{at}.{name}"), d);
+        }
         let multiplier = raw.multiplier.unwrap_or(d.backoff.multiplier);
         if !(multiplier.is_finite() && (1.0..=100.0).contains(&multiplier)) {
             self.error(format!("{at}.multiplier"), "must be between 1 and 100");
@@ -875,6 +893,8 @@ impl Loader {
                 m
             }
         };
+        self.at_most_longest_wait(&format!("{at}.cooldown"), cooldown);
+        self.at_most_longest_wait(&format!("{at}.max_cooldown"), max_cooldown);
         let failure_threshold = raw.failure_threshold.unwrap_or(d.failure_threshold);
         if failure_threshold == 0 {
             self.error(format!("{at}.failure_threshold"), "must be at least 1");
@@ -1234,6 +1254,30 @@ X-Tenant = "{{tenant}}"
                     name: "X-Tenant".into(),
                     value: HeaderValue::Text("acme".into())
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn waits_are_bounded() {
+        let errs = errors(
+            r#"
+[[webhooks]]
+id = "a"
+events = ["x"]
+url = "https://a.example/"
+body = "{}"
+retry = { max_delay = "40d", retry_after_max = "31d", max_age = "365d" }
+circuit = { max_cooldown = "60d" }
+"#,
+        );
+        assert_eq!(
+            errs,
+            [
+                "webhooks.a.retry.max_age: must be at most 30d",
+                "webhooks.a.retry.max_delay: must be at most 30d",
+                "webhooks.a.retry.retry_after_max: must be at most 30d",
+                "webhooks.a.circuit.max_cooldown: must be at most 30d",
             ]
         );
     }

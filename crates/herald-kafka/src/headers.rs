@@ -10,6 +10,10 @@ pub const ATTEMPT: &str = "herald-attempt";
 pub const FIRST_FAILURE_AT: &str = "herald-first-failure-at";
 /// The last attempt's error, one line.
 pub const LAST_ERROR: &str = "herald-last-error";
+/// How many times a retry-tier message was moved on to another tier (the
+/// cascade), decimal. A hopped job is checked against the store before it
+/// is sent: a hop redone after a crash leaves two copies.
+pub const HOPS: &str = "herald-hops";
 /// Why ingest dead-lettered an input message.
 pub const ERROR: &str = "herald-error";
 /// Where a dead-lettered input message came from.

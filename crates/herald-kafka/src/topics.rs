@@ -135,23 +135,34 @@ pub async fn create_all(
             ms(slack.max(Duration::from_secs(30 * 24 * 3600))),
         ),
     ];
-    for tier in tiers.as_slice() {
-        // A retry must still be there when it comes due, after an outage.
-        wanted.push((
-            topics.retry(&tier.name),
-            ms(tier.delay.max(longest) + slack),
-        ));
+    let retry_topics: Vec<String> = tiers
+        .as_slice()
+        .iter()
+        .map(|t| topics.retry(&t.name))
+        .collect();
+    for name in &retry_topics {
+        // A message stays in its tier at most the tier's delay, then hops
+        // (the cascade); the longest tier plus the slack keeps it there
+        // through an outage of the delivery service.
+        wanted.push((name.clone(), ms(longest + slack)));
     }
     let admin: AdminClient<DefaultClientContext> = config.admin_config().create()?;
     let new: Vec<NewTopic<'_>> = wanted
         .iter()
         .map(|(name, retention)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
             )
-            .set("retention.ms", retention)
+            .set("retention.ms", retention);
+            if retry_topics.contains(name) {
+                // The broker's append time orders a tier partition: its
+                // timestamps never go backwards, whichever worker produced.
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
+            }
         })
         .collect();
     // One partition: the changes of all webhooks in one order, read whole by

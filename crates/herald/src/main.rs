@@ -315,6 +315,23 @@ fn main() -> ExitCode {
                     if created.is_empty() { "" } else { ": " },
                     created.join(", ")
                 );
+                let longest = tiers
+                    .as_slice()
+                    .last()
+                    .map(|t| t.name.as_str())
+                    .unwrap_or("");
+                println!(
+                    "retry tiers {}: a message waits in a tier at most its delay, then moves on \
+                     to the tier that fits the rest; each tier topic keeps messages for the \
+                     longest tier ({longest}) plus {} h and orders them by append time",
+                    tiers
+                        .as_slice()
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    settings.retention_slack_hours
+                );
                 Ok(())
             }
             Command::History {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::{DeliveryJob, ResendCommand};
+use herald_core::{DeliveryJob, ResendCommand, Tier, TierStep};
 use herald_kafka::{OffsetTracker, headers};
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
@@ -22,7 +22,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::{JoinError, JoinSet};
@@ -33,6 +33,38 @@ use super::job::{self, Shared, Work};
 use super::metrics::Metrics;
 use super::tier::{Admit, Flow, Partitions, Tp};
 use super::{DeliveryConfig, Result};
+
+/// Sleep until the wall clock reads `at` (never wakes early, even if the
+/// clock is stepped back meanwhile).
+async fn until(at: DateTime<Utc>) {
+    while let Ok(left) = (at - Utc::now()).to_std() {
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// A message's headers for its next tier: all of them, with the hop count
+/// one higher.
+fn hopped(m: &BorrowedMessage<'_>) -> OwnedHeaders {
+    let hops = headers::get(m.headers(), headers::HOPS)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut out = OwnedHeaders::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter().filter(|h| h.key != headers::HOPS) {
+            out = out.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    out.insert(Header {
+        key: headers::HOPS,
+        value: Some(&(hops + 1).to_string()),
+    })
+}
 
 /// How often finished offsets are committed (asynchronously).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -358,23 +390,79 @@ impl Core {
             Admit::Start { generation } => generation,
         };
         let now = Utc::now();
-        let (mut work, due) = self.decode(m, now);
-        if due > now {
-            // Sleep a millisecond past the due time: the wall clock is
-            // checked again when the message comes back.
-            let delay = (due - now).to_std().unwrap_or_default() + Duration::from_millis(1);
-            debug!(%topic, partition, offset, ?delay, "head not due; partition paused");
-            self.parts.wait(&flow, topic, partition, offset, delay);
-            return;
+        let latest_due = now + self.shared.longest_wait;
+        // A retry-tier message is judged by its headers first: a head that
+        // waits or hops costs no decode.
+        let step = self.tier_of(topic).map(|tier| {
+            let due = headers::get(m.headers(), headers::DUE_AT)
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(DateTime::from_timestamp_millis);
+            let produced = m
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(now);
+            (
+                tier.name.clone(),
+                self.shared
+                    .tiers
+                    .step(&tier, produced, due, now, latest_due),
+            )
+        });
+        let (mut work, due) = match step {
+            Some((_, TierStep::Wait { until })) => {
+                return self.wait(&flow, m, until - now);
+            }
+            Some((_, TierStep::Refuse(reason))) => (self.invalid(m, reason), now),
+            Some((from_tier, TierStep::Hop { tier })) => {
+                let work = Work::Hop {
+                    from_tier,
+                    topic: self.shared.topics.retry(&tier.name),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: hopped(m),
+                };
+                (work, now)
+            }
+            Some((_, TierStep::Run | TierStep::Hold { .. })) | None => self.decode(m, now),
+        };
+        // Not due yet (a hold, or a job whose own due time is later): held
+        // in memory when within the smallest tier's delay, else waited on.
+        let hold =
+            chrono::Duration::from_std(self.shared.tiers.smallest().delay).unwrap_or_default();
+        let mut held_until = None;
+        if matches!(work, Work::Deliver { .. }) && due > now {
+            if due > latest_due {
+                work = self.invalid(
+                    m,
+                    format!(
+                        "due at {} is later than any retry or cool-down allows",
+                        due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                );
+            } else if due - now <= hold {
+                held_until = Some(due);
+            } else {
+                return self.wait(&flow, m, due - hold - now);
+            }
         }
         if let Work::Deliver { maybe_done, .. } = &mut work {
             *maybe_done = self
                 .parts
-                .maybe_redone(topic, partition, m.timestamp().to_millis());
+                .maybe_redone(topic, partition, m.timestamp().to_millis())
+                || headers::get(m.headers(), headers::HOPS).is_some();
         }
         self.offsets.start(topic, partition, offset);
         self.parts.started(&flow, topic, partition);
-        let handle = self.jobs.spawn(job::execute(self.shared.clone(), work));
+        let job = job::execute(self.shared.clone(), work);
+        let handle = match held_until {
+            // In flight meanwhile: counted against the bounds, uncommitted.
+            Some(at) => self.jobs.spawn(async move {
+                until(at).await;
+                job.await
+            }),
+            None => self.jobs.spawn(job),
+        };
         self.running.insert(
             handle.id(),
             JobKey {
@@ -386,18 +474,38 @@ impl Core {
         );
     }
 
-    /// The message's work and the earliest time it may start. A job is due
-    /// at the later of its own `due_at` and the `herald-due-at` header.
-    fn decode(&self, m: &BorrowedMessage<'_>, now: DateTime<Utc>) -> (Work, DateTime<Utc>) {
-        let payload = m.payload().unwrap_or_default();
-        let invalid = |error: String| Work::Invalid {
+    /// Pause the message's partition for `delay`, then read it again.
+    fn wait(&mut self, flow: &KafkaFlow<'_>, m: &BorrowedMessage<'_>, delay: chrono::Duration) {
+        // A millisecond past: the wall clock is checked again when the
+        // message comes back.
+        let delay = delay.to_std().unwrap_or_default() + Duration::from_millis(1);
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        debug!(%topic, partition, offset, ?delay, "head not due; partition paused");
+        self.parts.wait(flow, topic, partition, offset, delay);
+    }
+
+    /// The retry tier a topic is, if it is one.
+    fn tier_of(&self, topic: &str) -> Option<Tier> {
+        let name = self.shared.topics.tier_of(topic)?;
+        self.shared.tiers.by_name(name).cloned()
+    }
+
+    fn invalid(&self, m: &BorrowedMessage<'_>, error: String) -> Work {
+        Work::Invalid {
             topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
-            payload: payload.to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
             error,
-        };
+        }
+    }
+
+    /// The message's work and the earliest time it may start. A job is due
+    /// at the later of its own `due_at` and the `herald-due-at` header.
+    fn decode(&self, m: &BorrowedMessage<'_>, now: DateTime<Utc>) -> (Work, DateTime<Utc>) {
+        let payload = m.payload().unwrap_or_default();
+        let invalid = |error: String| self.invalid(m, error);
         if m.topic() == self.resend_topic {
             return match serde_json::from_slice::<ResendCommand>(payload) {
                 Ok(cmd) => (Work::Resend(cmd), now),

@@ -36,7 +36,13 @@ pub(super) struct Shared {
     pub(super) metrics: Metrics,
     pub(super) circuits: CircuitBoard,
     resend_locks: ResendLocks,
-    tiers: Tiers,
+    pub(super) tiers: Tiers,
+    /// How far ahead a due time can believably be: the longest wait any
+    /// definition may set ([`herald_core::retry::LONGEST_WAIT`]) plus an
+    /// hour for clocks, whatever today's definitions say, so shortening a
+    /// delay never dead-letters the retries already scheduled with the old
+    /// one. A message due later is dead-lettered.
+    pub(super) longest_wait: chrono::Duration,
     /// One semaphore per defined webhook: its concurrent requests.
     webhook_slots: HashMap<String, Arc<Semaphore>>,
 }
@@ -67,6 +73,9 @@ impl Shared {
             circuits,
             resend_locks: ResendLocks::default(),
             tiers,
+            longest_wait: chrono::Duration::from_std(herald_core::retry::LONGEST_WAIT)
+                .expect("30 days fit")
+                + chrono::Duration::hours(1),
             webhook_slots,
         }
     }
@@ -92,6 +101,15 @@ pub(super) enum Work {
         maybe_done: bool,
     },
     Resend(ResendCommand),
+    /// A retry-tier message whose time in its tier is over: republished
+    /// unchanged (payload, key and headers) to `topic`.
+    Hop {
+        from_tier: String,
+        topic: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        headers: OwnedHeaders,
+    },
     /// Undecodable: dead-lettered as is, with the reason.
     Invalid {
         topic: String,
@@ -122,6 +140,20 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
             deliver(&shared, &job, number).await
         }
         Work::Resend(cmd) => resend(&shared, &cmd).await,
+        Work::Hop {
+            from_tier,
+            topic,
+            key,
+            payload,
+            headers,
+        } => {
+            publish(&shared, &topic, key.as_deref(), &payload, headers).await;
+            shared
+                .metrics
+                .tier_hops
+                .with_label_values(&[&from_tier])
+                .inc();
+        }
         Work::Invalid {
             topic,
             partition,

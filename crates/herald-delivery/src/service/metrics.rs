@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Jobs skipped because the store says they are no longer owed: redone
     /// after a rebalance or a crash, before their offset was committed.
     pub skipped: IntCounterVec,
+    /// Retry-tier messages moved on, unchanged, to the tier that fits what
+    /// is left of their wait, by the tier they left.
+    pub tier_hops: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +104,11 @@ impl Metrics {
             "herald_delivery_skipped_total",
             "Automatic jobs not sent because the store says the attempt is no longer owed (a job redone after a rebalance or crash, a replayed or re-submitted event), by webhook and reason: delivered, already_attempted (another copy made it) or closed (retries exhausted).",
             &["webhook", "reason"],
+        );
+        let tier_hops = counter(
+            "herald_delivery_tier_hops_total",
+            "Retry-tier messages whose time in their tier was over before they were due, republished unchanged to the tier that fits the rest, by the tier they left.",
+            &["tier"],
         );
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
@@ -169,6 +177,7 @@ impl Metrics {
             circuit_changes,
             parked,
             skipped,
+            tier_hops,
             attempts,
             attempt_duration,
             start_delay,

@@ -34,7 +34,7 @@ use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use circuit::{CircuitBoard, force_close as force_close_circuit, read_all as read_circuits};
 pub use metrics::Metrics;
@@ -202,6 +202,17 @@ impl DeliveryService {
             ));
         }
         let tiers = Tiers::parse(&config.tiers).map_err(|e| Error::Config(e.to_string()))?;
+        for w in webhooks.iter() {
+            let (initial, smallest) = (w.retry.backoff.initial_delay, tiers.smallest().delay);
+            if initial < smallest {
+                warn!(
+                    webhook = %w.id,
+                    initial_delay = %herald_core::duration::format_duration(initial),
+                    smallest_tier = %tiers.smallest().name,
+                    "a retry delay shorter than the smallest tier waits in that tier and can be up to its delay late behind a longer message; keep initial_delay at least the smallest tier"
+                );
+            }
+        }
         let ssrf = SsrfGuard::from_allow_list(&config.ssrf_allow).map_err(Error::Config)?;
         let sender = HttpSender::new(SenderConfig {
             ssrf,
