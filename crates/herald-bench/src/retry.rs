@@ -51,7 +51,9 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
     drive(p, rx, &submitted, &accepted, opts.phase(), Some(RATE), "r").await?;
     let accepted = accepted.into_inner().unwrap();
     // Every event arrives in the end: first time, or at its retry.
-    let arrived = rx.wait_arrived(&accepted, Duration::from_secs(60)).await;
+    // Generous: before the cascade, a mixed run's retries waited behind the
+    // neighbour's 90 s heads.
+    let arrived = rx.wait_arrived(&accepted, Duration::from_secs(180)).await;
     if arrived < accepted.len() {
         bail!(
             "{}: {} of {} events never arrived",
