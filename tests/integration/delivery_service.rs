@@ -147,6 +147,19 @@ async fn happy_path_delivers_each_job_once_and_commits() {
     }
     svc.stop().await;
     assert_eq!(rx.received().len(), 30, "nothing sent twice");
+    // The signing key signed every request and reached neither the store
+    // nor the metrics.
+    let whsec = signing_key().to_whsec();
+    let key = whsec.trim_start_matches("whsec_");
+    assert!(!metrics.contains(key));
+    for n in &notifications {
+        let record = format!("{:?}", w.store.get(n.id).await.unwrap());
+        assert!(record.contains(&n.id.to_string()), "the record was read");
+        assert!(
+            !record.contains(key),
+            "the store holds the signing key: {record}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
