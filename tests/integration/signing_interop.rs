@@ -4,12 +4,11 @@
 //! The interpreter comes from `HERALD_PY` (`scripts/test` builds a venv).
 //! Without it the test skips loudly, or fails under `HERALD_REQUIRE_INFRA=1`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::signing::{self, SigningSecret};
+use herald_tests::{python, run_python};
 use serde_json::{Value, json};
 
 /// Reads cases as JSON on stdin and answers one result per case. A case
@@ -35,61 +34,9 @@ for case in json.load(sys.stdin):
 print(json.dumps(out))
 "#;
 
-fn python() -> Option<String> {
-    let required = std::env::var("HERALD_REQUIRE_INFRA").is_ok_and(|v| v == "1");
-    let problem = match std::env::var("HERALD_PY") {
-        Err(_) => "HERALD_PY is not set".to_owned(),
-        Ok(py) => match Command::new(&py)
-            .args(["-c", "import standardwebhooks"])
-            .output()
-        {
-            Ok(out) if out.status.success() => return Some(py),
-            Ok(out) => format!(
-                "{py} cannot import standardwebhooks: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
-            Err(e) => format!("cannot run {py}: {e}"),
-        },
-    };
-    assert!(
-        !required,
-        "signing_interop: {problem} and HERALD_REQUIRE_INFRA=1; run `scripts/test`"
-    );
-    // Straight to the process's stderr: libtest captures `eprintln!`, and a
-    // skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED signing_interop: {problem}\n\
-         !!!!!!!! python3 -m venv /tmp/hpy && /tmp/hpy/bin/pip install standardwebhooks\n\
-         !!!!!!!! then set HERALD_PY=/tmp/hpy/bin/python, or run everything with `scripts/test`\n"
-    );
-    None
-}
-
-fn run_python(py: &str, cases: &[Value]) -> Vec<String> {
-    let mut child = Command::new(py)
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(cases).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python answers a JSON list")
+fn run(py: &str, cases: &[Value]) -> Vec<String> {
+    serde_json::from_value(run_python(py, SCRIPT, &Value::from(cases.to_vec())))
+        .expect("python answers a list of strings")
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -124,7 +71,9 @@ mod base64_engine {
 
 #[test]
 fn herald_signatures_verify_with_the_python_reference_library() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("signing_interop", "standardwebhooks", "standardwebhooks") else {
+        return;
+    };
     let current = SigningSecret::from_bytes((0u8..32).collect::<Vec<_>>());
     let next = SigningSecret::from_bytes(vec![0xA5u8; 24]);
     let now = Utc::now().timestamp();
@@ -169,7 +118,7 @@ fn herald_signatures_verify_with_the_python_reference_library() {
     }));
     expected.push(false);
 
-    let results = run_python(&py, &cases);
+    let results = run(&py, &cases);
     assert_eq!(results.len(), expected.len());
     for (i, (result, ok)) in results.iter().zip(expected).enumerate() {
         if ok {
@@ -185,7 +134,9 @@ fn herald_signatures_verify_with_the_python_reference_library() {
 
 #[test]
 fn python_signatures_verify_with_herald() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("signing_interop", "standardwebhooks", "standardwebhooks") else {
+        return;
+    };
     let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     let now = Utc::now();
     let body = "{\"amount\":\"12.30 €\"}";
@@ -193,7 +144,7 @@ fn python_signatures_verify_with_herald() {
         "op": "sign", "secret": secret.to_whsec(), "id": "msg_1", "timestamp": now.timestamp(),
         "body_b64": b64(body.as_bytes()),
     })];
-    let signature = run_python(&py, &cases).remove(0);
+    let signature = run(&py, &cases).remove(0);
     assert_eq!(
         signature,
         signing::sign(

@@ -78,6 +78,45 @@ const CORE: &[&str] = &[
     "data_base64",
 ];
 
+/// Where a binary-mode event's attributes travel.
+#[derive(Clone, Copy)]
+enum Binding {
+    /// `ce_*` headers, UTF-8 as is.
+    Kafka,
+    /// `ce-*` headers, percent-encoded (RFC 3986) beyond printable ASCII.
+    Http,
+}
+
+impl Binding {
+    fn prefix(self) -> &'static str {
+        match self {
+            Binding::Kafka => "ce_",
+            Binding::Http => "ce-",
+        }
+    }
+}
+
+/// `%XX` sequences to bytes; `None` for a `%` not followed by two hex
+/// digits.
+fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// Whether a content type denotes JSON data (absent means JSON, per the
 /// CloudEvents JSON format).
 pub fn is_json_content_type(content_type: Option<&str>) -> bool {
@@ -235,18 +274,43 @@ impl CloudEvent {
     /// Decode a binary-mode Kafka message: attributes in `ce_*` headers and
     /// the data as the message value.
     pub fn from_kafka_binary(headers: &[(&str, &[u8])], value: Option<&[u8]>) -> Result<Self> {
+        Self::from_binary(Binding::Kafka, headers, value)
+    }
+
+    /// Decode an HTTP request in binary mode (the CloudEvents SDKs'
+    /// default): attributes in percent-encoded `ce-*` headers, the data as
+    /// the body, its type in `Content-Type`.
+    pub fn from_http_binary(headers: &[(&str, &[u8])], body: Option<&[u8]>) -> Result<Self> {
+        Self::from_binary(Binding::Http, headers, body)
+    }
+
+    fn from_binary(
+        binding: Binding,
+        headers: &[(&str, &[u8])],
+        value: Option<&[u8]>,
+    ) -> Result<Self> {
+        let prefix = binding.prefix();
         let mut attrs = Map::new();
         for (name, raw) in headers {
             let lower = name.to_ascii_lowercase();
             let attr = if lower == "content-type" {
                 "datacontenttype".to_owned()
-            } else if let Some(attr) = lower.strip_prefix("ce_") {
+            } else if let Some(attr) = lower.strip_prefix(prefix) {
                 if matches!(attr, "data" | "data_base64" | "datacontenttype") {
-                    return Err(invalid(attr, "not allowed as a ce_ header"));
+                    return Err(invalid(attr, format!("not allowed as a {prefix} header")));
                 }
                 attr.to_owned()
             } else {
                 continue;
+            };
+            let decoded;
+            let raw: &[u8] = match binding {
+                Binding::Kafka => raw,
+                Binding::Http => {
+                    decoded = percent_decode(raw)
+                        .ok_or_else(|| invalid(&attr, "header value is not percent-encoded"))?;
+                    &decoded
+                }
             };
             let text = std::str::from_utf8(raw)
                 .map_err(|_| invalid(&attr, "header value is not UTF-8"))?;
@@ -453,6 +517,37 @@ mod tests {
         let e = CloudEvent::from_value(v).unwrap();
         assert_eq!(e.data, Some(EventData::Binary(vec![0, 1, 2])));
         assert_eq!(e.to_json()["data_base64"], json!("AAEC"));
+    }
+
+    #[test]
+    fn decodes_http_binary_mode_with_percent_encoded_attributes() {
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("ce-specversion", b"1.0"),
+            ("CE-ID", b"e-1"),
+            ("ce-source", b"/core"),
+            ("ce-type", b"bank.loan.disbursed"),
+            ("ce-subject", b"S%20%C3%A9%20%25"),
+            ("ce-tenant", b"acme"),
+            ("content-type", b"application/json"),
+            ("user-agent", b"ignored"),
+        ];
+        let e = CloudEvent::from_http_binary(&headers, Some(br#"{"amount": 5}"#)).unwrap();
+        assert_eq!(e.id, "e-1");
+        assert_eq!(e.subject.as_deref(), Some("S \u{e9} %"));
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(e.to_json()["data"], json!({"amount": 5}));
+        assert_eq!(e.to_json()["tenant"], "acme");
+        let bad: Vec<(&str, &[u8])> = vec![
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"1"),
+            ("ce-source", b"/s"),
+            ("ce-type", b"t"),
+            ("ce-subject", b"100%"),
+        ];
+        let err = CloudEvent::from_http_binary(&bad, None).unwrap_err();
+        assert!(err.to_string().contains("percent-encoded"), "{err}");
+        let missing: Vec<(&str, &[u8])> = vec![("ce-specversion", b"1.0"), ("ce-id", b"1")];
+        assert!(CloudEvent::from_http_binary(&missing, None).is_err());
     }
 
     #[test]

@@ -498,7 +498,11 @@ mod tests {
             Status::Pending
         );
         let a1 = attempt(10, Outcome::HttpError, Some(20));
-        let a2 = attempt(20, Outcome::Success, None);
+        let a2 = Attempt {
+            attempt_no: 2,
+            trigger: Trigger::Retry,
+            ..attempt(20, Outcome::Success, None)
+        };
         for order in [vec![a1.clone(), a2.clone()], vec![a2.clone(), a1.clone()]] {
             let s = NotificationState::derive(&content, &order);
             assert_eq!(s.status, Status::Delivered);

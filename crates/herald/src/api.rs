@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use herald_core::{NotificationId, ResendCommand, Status};
+use herald_core::{CloudEvent, NotificationId, ResendCommand, Status};
 use herald_delivery::DeliveryConfig;
 use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
 use herald_kafka::{KafkaConfig, Topics};
@@ -416,6 +416,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_json(state: &ApiState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = read_body(state, req).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not JSON: {e}"),
+        )
+    })
+}
+
+/// The request body, bounded in size and time.
+async fn read_body(state: &ApiState, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     let collect = Limited::new(req.into_body(), state.max_request_bytes).collect();
     let body = tokio::time::timeout(BODY_READ_TIMEOUT, collect)
         .await
@@ -436,13 +448,31 @@ async fn read_json(state: &ApiState, req: Request<Incoming>) -> Result<Value, Ap
                 format!("request body over {} bytes", state.max_request_bytes),
             )
         })?;
-    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("body is not JSON: {e}"),
-        )
-    })
+    Ok(body.to_bytes())
+}
+
+/// A CloudEvent in HTTP binary mode (`ce-*` headers, the data as the body),
+/// as the JSON value the standalone engine accepts.
+async fn read_binary_event(state: &ApiState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let body = read_body(state, req).await?;
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    CloudEvent::from_http_binary(&pairs, Some(&body))
+        .map(|e| e.to_json())
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                format!("binary-mode event: {e}"),
+            )
+        })
 }
 
 async fn events(state: &ApiState, req: Request<Incoming>) -> Resp {
@@ -453,7 +483,14 @@ async fn events(state: &ApiState, req: Request<Incoming>) -> Resp {
             "in Kafka mode events are consumed from the input topics: produce them there",
         );
     };
-    let value = match read_json(state, req).await {
+    // Binary mode when a `ce-specversion` header is present; otherwise the
+    // body is one structured event or a batch (a JSON array).
+    let binary = req.headers().contains_key("ce-specversion");
+    let value = match if binary {
+        read_binary_event(state, req).await
+    } else {
+        read_json(state, req).await
+    } {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
