@@ -563,6 +563,58 @@ async fn a_blank_token_is_refused_at_start_up() {
     }
 }
 
+/// A re-submission that arrives while the first attempt is in flight sends
+/// nothing: the receiver holds the first request unanswered until the
+/// re-submission has been accepted, and gets exactly one request. (Found by
+/// the CloudEvents SDK test: a batch re-submitting events still being
+/// delivered sent them twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
+    let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
+    ok.push_replies([Reply::slow(200, Duration::from_secs(2))]);
+    let shutdown = CancellationToken::new();
+    let (api, running) = start(&ok, &down, shutdown.clone()).await;
+    let submit = async || {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/events",
+                Some(TOKEN),
+                Some(event("inflight", "bank.loan.disbursed", "L-1")),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["notifications"][0].as_str().unwrap().to_owned()
+    };
+    let id = submit().await;
+    // The first request has arrived and is not answered yet.
+    ok.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(submit().await, id);
+    api.wait_record(&id, "delivered", |r| r["state"]["status"] == "delivered")
+        .await;
+    // Anything the re-submission scheduled would go out at once; a marker
+    // accepted after it and delivered shows the scheduler got past it.
+    let (_, marker) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(TOKEN),
+            Some(event("marker", "bank.loan.disbursed", "L-2")),
+        )
+        .await;
+    let marker = marker["notifications"][0].as_str().unwrap().to_owned();
+    api.wait_record(&marker, "delivered", |r| r["state"]["status"] == "delivered")
+        .await;
+    let sent = ok
+        .received()
+        .iter()
+        .filter(|r| r.header("webhook-id") == Some(id.as_str()))
+        .count();
+    assert_eq!(sent, 1, "the in-flight notification was sent again");
+    shutdown.cancel();
+    running.wait().await;
+}
+
 /// The pipeline's promises for a re-submitted event (same source and id,
 /// other data): the stored record wins, delivered and failed notifications
 /// stay closed, and nothing is sent again. The Kafka-mode counterpart (an

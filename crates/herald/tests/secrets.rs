@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const API_TOKEN: &str = "api-token-7c1f9e3a5b";
 const RX_TOKEN: &str = "rx-token-4d2b8f6e0a";
+/// A signing secret that is not valid base64: its attempts are refused,
+/// and the refusal must not quote it.
+const BAD_WHSEC: &str = "whsec_!!malformed-secret-5e4d";
 
 fn signing_key() -> SigningSecret {
     SigningSecret::from_bytes(b"signing-key-bytes-0123456789abcdef".to_vec())
@@ -31,6 +34,7 @@ fn secret_values() -> Vec<String> {
         whsec.clone(),
         whsec.trim_start_matches("whsec_").to_owned(),
         "signing-key-bytes-0123456789abcdef".to_owned(),
+        "malformed-secret-5e4d".to_owned(),
     ]
 }
 
@@ -55,6 +59,7 @@ fn spawn(dir: &std::path::Path) -> (Child, String, std::sync::mpsc::Receiver<Str
         .env("HERALD_STANDALONE__SSRF_ALLOW", "[\"127.0.0.0/8\"]")
         .env("HERALD_TEST_RX_TOKEN", RX_TOKEN)
         .env("HERALD_TEST_WHSEC", signing_key().to_whsec())
+        .env("HERALD_TEST_BAD_WHSEC", BAD_WHSEC)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -108,13 +113,14 @@ async fn secrets_reach_the_receiver_and_nowhere_else() {
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_secrets"));
     std::fs::create_dir_all(&dir).unwrap();
     let hook = |id: &str, url: String| {
+        let key = if id == "broken" { "bad" } else { "sign" };
         format!(
             r#"
 [[webhooks]]
 id = "{id}"
 events = ["bank.{id}.*"]
 url = "{url}"
-signing_secrets = ["sign"]
+signing_secrets = ["{key}"]
 body = '{{"id": {{{{json id}}}}}}'
 [webhooks.headers]
 Authorization = {{ secret = "rx", prefix = "Bearer " }}
@@ -129,9 +135,10 @@ jitter = 0.0
     std::fs::write(
         dir.join("webhooks.toml"),
         format!(
-            "[secrets]\nrx = {{ env = \"HERALD_TEST_RX_TOKEN\" }}\nsign = {{ env = \"HERALD_TEST_WHSEC\" }}\n{}{}",
+            "[secrets]\nrx = {{ env = \"HERALD_TEST_RX_TOKEN\" }}\nsign = {{ env = \"HERALD_TEST_WHSEC\" }}\nbad = {{ env = \"HERALD_TEST_BAD_WHSEC\" }}\n{}{}{}",
             hook("ok", ok.url("/ok")),
-            hook("down", down.url("/down"))
+            hook("down", down.url("/down")),
+            hook("broken", ok.url("/broken"))
         ),
     )
     .unwrap();
@@ -178,7 +185,7 @@ jitter = 0.0
         )
         .await;
     assert_eq!(no_token.http_status, Some(401));
-    let events: Vec<Value> = ["ok", "down"]
+    let events: Vec<Value> = ["ok", "down", "broken"]
         .iter()
         .map(|w| json!({"specversion": "1.0", "id": format!("{w}-1"), "source": "/core", "type": format!("bank.{w}.posted")}))
         .collect();
@@ -233,6 +240,33 @@ jitter = 0.0
     .await;
     assert_eq!(status, Some(202));
     down.wait_for(3, Duration::from_secs(30)).await;
+    // The malformed key's attempt is refused before sending, and recorded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let broken = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the broken webhook's attempt was never recorded"
+        );
+        let (_, page) = call("GET", "/v1/notifications?webhook=broken", Value::Null).await;
+        let page: Value = serde_json::from_str(&page).unwrap();
+        let id = page["items"][0]["notification"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !id.is_empty() {
+            let (_, record) = call("GET", &format!("/v1/notifications/{id}"), Value::Null).await;
+            let record: Value = serde_json::from_str(&record).unwrap();
+            if let Some(error) = record["attempts"][0]["error"].as_str() {
+                break error.to_owned();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(broken.contains("invalid signing secret"), "{broken}");
+    assert!(
+        ok.received().iter().all(|r| r.path != "/broken"),
+        "nothing is sent with a malformed key"
+    );
     for path in [
         format!("/v1/notifications/{down_id}"),
         "/v1/notifications?webhook=ok".to_owned(),

@@ -211,7 +211,12 @@ impl Engine {
                 .notifications
                 .with_label_values(&[&n.webhook_id, label])
                 .inc();
-            if let Some(owed) = accepted.owed(n) {
+            // A known notification is never owed a job here: this process
+            // queued one when it first stored it, or recovered it at start
+            // (`recover` schedules every unattempted notification), so a
+            // second job could only race the first. (Kafka-mode ingest
+            // cannot know, and sends a job that checks the store.)
+            if let Some(owed) = accepted.owed(n).filter(|_| !known) {
                 let work = Work {
                     notification: Arc::new(owed.notification.clone()),
                     attempt_no: 1,
