@@ -603,8 +603,10 @@ async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
         )
         .await;
     let marker = marker["notifications"][0].as_str().unwrap().to_owned();
-    api.wait_record(&marker, "delivered", |r| r["state"]["status"] == "delivered")
-        .await;
+    api.wait_record(&marker, "delivered", |r| {
+        r["state"]["status"] == "delivered"
+    })
+    .await;
     let sent = ok
         .received()
         .iter()
