@@ -246,6 +246,24 @@ async fn attempts_come_back_ordered_by_time(store: &dyn NotificationStore) {
     assert_eq!(rec.state.attempts, 3);
 }
 
+/// Append `atts` one call each, in order; the state the store then holds,
+/// which must be the reference projection's.
+async fn append_one_by_one(
+    store: &dyn NotificationStore,
+    n: &Notification,
+    atts: &[Attempt],
+) -> NotificationState {
+    for a in atts {
+        store
+            .append_attempts(std::slice::from_ref(a))
+            .await
+            .unwrap();
+    }
+    let s = store.state(n.id).await.unwrap().unwrap();
+    assert_eq!(s, NotificationState::derive(&n.content, atts), "{atts:?}");
+    s
+}
+
 /// Delivered is final: an attempt two workers both made (one lost its
 /// partition with it in flight) may be recorded after the success, with a
 /// later start and a failure; the notification stays delivered, with no
@@ -266,18 +284,7 @@ async fn a_duplicate_failure_after_a_delivery_leaves_it_delivered(store: &dyn No
         if reversed {
             atts.reverse();
         }
-        for a in &atts {
-            store
-                .append_attempts(std::slice::from_ref(a))
-                .await
-                .unwrap();
-        }
-        let s = store.state(n.id).await.unwrap().unwrap();
-        assert_eq!(
-            s,
-            NotificationState::derive(&n.content, &atts),
-            "reversed {reversed}"
-        );
+        let s = append_one_by_one(store, &n, &atts).await;
         assert_eq!(
             (s.status, s.attempts, s.last_attempt_at, s.next_attempt_at),
             (Status::Delivered, 1, Some(at(1_500)), None),
@@ -308,18 +315,7 @@ async fn a_failed_manual_resend_changes_no_status(store: &dyn NotificationStore)
         if reversed {
             atts.reverse();
         }
-        for a in &atts {
-            store
-                .append_attempts(std::slice::from_ref(a))
-                .await
-                .unwrap();
-        }
-        let s = store.state(n.id).await.unwrap().unwrap();
-        assert_eq!(
-            s,
-            NotificationState::derive(&n.content, &atts),
-            "reversed {reversed}"
-        );
+        let s = append_one_by_one(store, &n, &atts).await;
         assert_eq!(
             (s.status, s.attempts, s.last_attempt_at, s.next_attempt_at),
             (Status::Retrying, 2, Some(at(2_000)), Some(at(60_000))),

@@ -90,6 +90,24 @@ impl Api {
         )
     }
 
+    /// `POST /v1/events` with the token; asserts the 202 and returns its body.
+    async fn accept(&self, events: Value) -> Value {
+        let (status, body) = self
+            .call("POST", "/v1/events", Some(TOKEN), Some(events))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body
+    }
+
+    /// Accept one event; its first notification's id.
+    async fn accept_one(&self, event: Value) -> String {
+        let body = self.accept(event).await;
+        body["notifications"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_owned()
+    }
+
     /// Poll a notification until `done` holds for its record, or panic.
     async fn wait_record(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -394,15 +412,9 @@ enabled = false
     };
     let shutdown = CancellationToken::new();
     let (api, running) = boot(shutdown.clone()).await;
-    let (_, body) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(TOKEN),
-            Some(event("i1", "bank.client.created", "C-1")),
-        )
+    let id = api
+        .accept_one(event("i1", "bank.client.created", "C-1"))
         .await;
-    let id = body["notifications"][0].as_str().unwrap().to_owned();
     api.wait_record(&id, "first attempt", |r| {
         r["attempts"].as_array().unwrap().len() == 1
     })
@@ -575,16 +587,8 @@ async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
     let shutdown = CancellationToken::new();
     let (api, running) = start(&ok, &down, shutdown.clone()).await;
     let submit = async || {
-        let (status, body) = api
-            .call(
-                "POST",
-                "/v1/events",
-                Some(TOKEN),
-                Some(event("inflight", "bank.loan.disbursed", "L-1")),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        body["notifications"][0].as_str().unwrap().to_owned()
+        api.accept_one(event("inflight", "bank.loan.disbursed", "L-1"))
+            .await
     };
     let id = submit().await;
     // The first request has arrived and is not answered yet.
@@ -594,15 +598,9 @@ async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
         .await;
     // Anything the re-submission scheduled would go out at once; a marker
     // accepted after it and delivered shows the scheduler got past it.
-    let (_, marker) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(TOKEN),
-            Some(event("marker", "bank.loan.disbursed", "L-2")),
-        )
+    let marker = api
+        .accept_one(event("marker", "bank.loan.disbursed", "L-2"))
         .await;
-    let marker = marker["notifications"][0].as_str().unwrap().to_owned();
     api.wait_record(&marker, "delivered", |r| {
         r["state"]["status"] == "delivered"
     })
@@ -630,13 +628,7 @@ async fn a_resubmitted_event_schedules_nothing_and_keeps_the_stored_request() {
     // request reaches its receiver only after anything the re-submission
     // scheduled before it was sent.
     let (api, running) = start_with(&ok, &down, shutdown.clone(), 1).await;
-    let post = async |events: Value| {
-        let (status, body) = api
-            .call("POST", "/v1/events", Some(TOKEN), Some(events))
-            .await;
-        assert_eq!(status, 202, "{body}");
-        body
-    };
+    let post = async |events: Value| api.accept(events).await;
     let first = post(json!([
         event("r1", "bank.loan.disbursed", "L-1"),
         event("r2", "bank.client.created", "C-1"),
@@ -721,15 +713,9 @@ async fn every_documented_route_answers_as_documented() {
     let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
     let shutdown = CancellationToken::new();
     let (api, running) = start(&ok, &down, shutdown.clone()).await;
-    let (_, accepted) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(TOKEN),
-            Some(event("e9", "bank.loan.disbursed", "L-9")),
-        )
+    let id = api
+        .accept_one(event("e9", "bank.loan.disbursed", "L-9"))
         .await;
-    let id = accepted["notifications"][0].as_str().unwrap().to_owned();
 
     let schemas = &doc["components"]["schemas"];
     let mut checked = 0;

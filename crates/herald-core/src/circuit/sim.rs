@@ -313,12 +313,25 @@ mod tests {
         }
     }
 
+    /// Everything delivered without the breaker is delivered with it, none
+    /// more than 1.5 cool-downs later.
+    fn assert_not_starved(s: &Scenario, label: &str) {
+        let cooldown = s.breaker.cooldown;
+        let c = compare(s);
+        assert!(c.without.delivered() > 0, "{label}");
+        assert_eq!(c.with.delivered(), c.without.delivered(), "{label}");
+        let later = c.with.most_later_than(&c.without);
+        assert!(
+            later <= cooldown + cooldown / 2,
+            "{label}: delivered up to {later:?} later than without the breaker"
+        );
+    }
+
     /// The progress guarantee: a receiver that accepts at least one request
     /// in three gets every notification it would get without the breaker,
     /// each no later than about one cool-down after.
     #[test]
     fn a_receiver_accepting_one_request_in_three_is_never_starved() {
-        let cooldown = CircuitConfig::default().cooldown;
         for receiver in [
             Receiver::Random { fail: 0.0 },
             Receiver::Random { fail: 0.3 },
@@ -331,18 +344,14 @@ mod tests {
             },
         ] {
             for (rate, seed) in [(1.0, 1), (5.0, 2), (5.0, 3), (20.0, 4)] {
-                let c = compare(&Scenario {
+                let s = Scenario {
                     rate,
                     seed,
                     ..steady(receiver)
-                });
-                let label = format!("{} at {rate}/s, seed {seed}", receiver.label());
-                assert!(c.without.delivered() > 0, "{label}");
-                assert_eq!(c.with.delivered(), c.without.delivered(), "{label}");
-                let later = c.with.most_later_than(&c.without);
-                assert!(
-                    later <= cooldown + cooldown / 2,
-                    "{label}: delivered up to {later:?} later than without the breaker"
+                };
+                assert_not_starved(
+                    &s,
+                    &format!("{} at {rate}/s, seed {seed}", receiver.label()),
                 );
             }
         }
@@ -352,21 +361,17 @@ mod tests {
     /// quiet time, so at first the window holds nothing but first attempts.
     #[test]
     fn a_burst_after_a_quiet_time_is_not_starved_either() {
-        let cooldown = CircuitConfig::default().cooldown;
         for receiver in [
             Receiver::Random { fail: 0.6 },
             Receiver::FirstFail { k: 1 },
             Receiver::FirstFail { k: 2 },
         ] {
-            let c = compare(&Scenario {
+            let s = Scenario {
                 rate: 2_000.0,
                 input_for: Duration::from_secs(1),
                 ..steady(receiver)
-            });
-            let label = receiver.label();
-            assert_eq!(c.with.delivered(), c.without.delivered(), "{label}");
-            let later = c.with.most_later_than(&c.without);
-            assert!(later <= cooldown + cooldown / 2, "{label}: {later:?} later");
+            };
+            assert_not_starved(&s, &receiver.label());
         }
     }
 
