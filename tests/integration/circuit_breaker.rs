@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use herald_core::{CircuitState, Status, Webhooks};
 use herald_delivery::DeliveryConfig;
-use herald_tests::kafka_world::{Running, definitions, start};
+use herald_tests::kafka_world::{DeliveryWorker, definitions, start};
 use herald_tests::{Failing, KafkaWorld, Received, Reply, TestReceiver, eventually_every};
 use serde_json::json;
 
@@ -285,7 +285,8 @@ async fn a_circuit_opened_by_one_worker_stops_the_other() {
         "both workers consuming",
         Duration::from_secs(60),
         async || {
-            let lag = |r: &Running| r.metrics.render().contains("herald_delivery_consumer_lag");
+            let lag =
+                |r: &DeliveryWorker| r.metrics.render().contains("herald_delivery_consumer_lag");
             (lag(&w1) && lag(&w2)).then_some(())
         },
     )

@@ -209,9 +209,9 @@ impl Env {
             listen: "127.0.0.1:0".parse().unwrap(),
             batch_max_events: 100,
             max_event_bytes: MAX_EVENT_BYTES,
-            retry_initial_ms: 50,
-            retry_max_ms: 1000,
-            statistics_interval_ms: 500,
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_secs(1),
+            stats_interval: Duration::from_millis(500),
             ..IngestConfig::default()
         }
     }

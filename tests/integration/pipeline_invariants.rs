@@ -115,8 +115,8 @@ async fn an_input_replay_schedules_nothing_new_and_sends_only_stored_requests() 
         group_id: format!("{}_ingest", world.name),
         cql: world.cql.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        retry_initial_ms: 50,
-        retry_max_ms: 1000,
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_secs(1),
         ..IngestConfig::default()
     };
     let ingest = herald_ingest::start(

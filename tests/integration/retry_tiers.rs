@@ -225,7 +225,10 @@ async fn a_forged_due_time_is_dead_lettered_and_the_partition_keeps_flowing() {
     svc.stop().await;
     // Dead letters are produced asynchronously, so their order is not the
     // order the consumer met the forged messages in.
-    for cause in ["later than any retry or cool-down allows", "missing or unreadable"] {
+    for cause in [
+        "later than any retry or cool-down allows",
+        "missing or unreadable",
+    ] {
         assert_eq!(
             reasons.iter().filter(|r| r.contains(cause)).count(),
             1,

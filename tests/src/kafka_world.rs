@@ -16,7 +16,7 @@ use herald_core::{
     Attempt, CircuitChange, CloudEvent, DeliveryJob, Notification, NotificationId, SecretRef,
     SecretSource, Status, Tiers, Webhooks,
 };
-use herald_delivery::service::{CircuitBoard, Metrics};
+use herald_delivery::{CircuitBoard, Metrics};
 use herald_delivery::{DeliveryConfig, DeliveryService};
 use herald_kafka::topics::{TopicSettings, create_all};
 use herald_kafka::{KafkaConfig, Topics};
@@ -145,8 +145,8 @@ impl KafkaWorld {
             max_in_flight_per_partition: 16,
             max_in_flight_per_webhook: 8,
             ssrf_allow: vec!["127.0.0.0/8".into()],
-            drain_timeout_ms: 10_000,
-            stats_interval_ms: 500,
+            drain_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_millis(500),
             ..DeliveryConfig::default()
         }
     }
@@ -284,7 +284,7 @@ impl KafkaWorld {
 
 /// A delivery service running in-process: its task, shutdown token, HTTP
 /// address, circuit board and metrics.
-pub struct Running {
+pub struct DeliveryWorker {
     pub task: JoinHandle<herald_delivery::service::Result<()>>,
     pub shutdown: CancellationToken,
     pub addr: SocketAddr,
@@ -293,7 +293,7 @@ pub struct Running {
 }
 
 /// Binds a delivery service with these webhooks and [`secrets`] and runs it.
-pub async fn start(config: DeliveryConfig, webhooks_toml: &str) -> Running {
+pub async fn start(config: DeliveryConfig, webhooks_toml: &str) -> DeliveryWorker {
     let webhooks = Webhooks::from_toml(webhooks_toml).expect("webhooks");
     let service = DeliveryService::bind(config, webhooks, secrets())
         .await
@@ -303,7 +303,7 @@ pub async fn start(config: DeliveryConfig, webhooks_toml: &str) -> Running {
     let metrics = service.metrics().clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(service.run(shutdown.clone()));
-    Running {
+    DeliveryWorker {
         task,
         shutdown,
         addr,
@@ -312,7 +312,7 @@ pub async fn start(config: DeliveryConfig, webhooks_toml: &str) -> Running {
     }
 }
 
-impl Running {
+impl DeliveryWorker {
     /// Shuts down gracefully and asserts the service ended without error.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -84,9 +84,72 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
+/// Serde for a [`Duration`] in a configuration file, written as
+/// [`parse_duration`] reads it: `#[serde(with = "herald_core::duration::text")]`.
+/// Every duration of the service configurations uses it, so that one style
+/// holds everywhere (`drain_timeout = "30s"`).
+pub mod text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(de::Error::custom)
+    }
+}
+
+/// A key renamed from its millisecond spelling (`drain_timeout_ms = 30000`)
+/// to a duration (`drain_timeout = "30s"`): the old key still works, and
+/// says so once. `old` holds the old key's value if it was set; it wins
+/// over the new key's default, and is cleared. Returns the deprecation
+/// warning to log, naming both keys.
+pub fn fold_deprecated_ms(
+    section: &str,
+    new_key: &str,
+    new: &mut Duration,
+    old: &mut Option<u64>,
+) -> Option<String> {
+    let ms = old.take()?;
+    *new = Duration::from_millis(ms);
+    Some(format!(
+        "{section}.{new_key}_ms is deprecated: write {section}.{new_key} = \"{}\"",
+        format_duration(*new)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_durations_and_their_deprecated_millisecond_keys() {
+        #[derive(Debug, serde::Deserialize)]
+        struct C {
+            #[serde(with = "text")]
+            t: Duration,
+        }
+        let c: C = serde_json::from_str(r#"{"t": "1m30s"}"#).unwrap();
+        assert_eq!(c.t, Duration::from_secs(90));
+        let e = serde_json::from_str::<C>(r#"{"t": "90"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing unit"), "{e}");
+        let mut new = Duration::from_secs(30);
+        assert_eq!(fold_deprecated_ms("d", "t", &mut new, &mut None), None);
+        let mut old = Some(2500);
+        let warning = fold_deprecated_ms("d", "t", &mut new, &mut old).unwrap();
+        assert_eq!(
+            (new, old, warning.as_str()),
+            (
+                Duration::from_millis(2500),
+                None,
+                r#"d.t_ms is deprecated: write d.t = "2s500ms""#
+            )
+        );
+    }
 
     #[test]
     fn parses_simple_and_compound_durations() {

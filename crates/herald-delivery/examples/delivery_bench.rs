@@ -166,7 +166,7 @@ body = '{{"id": {{{{json id}}}}, "data": {{{{json data}}}}}}'
         max_in_flight_per_partition: 128,
         max_in_flight_per_webhook: 256,
         // librdkafka statistics as often as in production, not as in tests.
-        stats_interval_ms: DeliveryConfig::default().stats_interval_ms,
+        stats_interval: DeliveryConfig::default().stats_interval,
         ..w.config()
     };
     let group = config.group_id.clone();

@@ -72,6 +72,11 @@ impl Deliverer {
         &self.webhooks
     }
 
+    /// The delayed-retry tiers its decisions name.
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
+    }
+
     /// Make the attempt. Always returns a result to record: a webhook that is
     /// no longer defined or a secret that cannot be resolved is a `refused`
     /// attempt, not an error that could lose the notification.

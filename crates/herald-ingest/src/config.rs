@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herald_core::duration;
 use herald_kafka::KafkaConfig;
 use herald_store::StoreLimits;
 use herald_store::cql::CqlConfig;
@@ -51,30 +52,48 @@ pub struct IngestConfig {
     /// in flight.
     #[serde(default = "default_store_write_parallelism")]
     pub store_write_parallelism: usize,
-    /// Longest wait, in milliseconds, for a batch to fill once its first
-    /// message arrived.
-    #[serde(default = "default_batch_max_wait_ms")]
-    pub batch_max_wait_ms: u64,
+    /// Longest wait for a batch to fill once its first message arrived.
+    #[serde(default = "default_batch_max_wait", with = "duration::text")]
+    pub batch_max_wait: Duration,
     /// Largest input message value accepted, in bytes. A larger one is
     /// dead-lettered unread.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
-    /// First delay, in milliseconds, before a failed store write is retried.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest delay, in milliseconds, between retries of a store write (and
-    /// of a produce that librdkafka gave up on).
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// On shutdown, how long, in milliseconds, the batch in flight may take
-    /// to finish (stored, produced, committed) before it is abandoned
-    /// uncommitted, to be redone by the next owner of its partitions.
-    #[serde(default = "default_shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
-    /// Interval, in milliseconds, of librdkafka's statistics, which feed
-    /// the consumer lag gauge. 0 turns them (and the gauge) off.
-    #[serde(default = "default_statistics_interval_ms")]
-    pub statistics_interval_ms: u64,
+    /// First delay before a failed store write is retried.
+    #[serde(default = "default_retry_initial", with = "duration::text")]
+    pub retry_initial: Duration,
+    /// Longest delay between retries of a store write (and of a produce that
+    /// librdkafka gave up on).
+    #[serde(default = "default_retry_max", with = "duration::text")]
+    pub retry_max: Duration,
+    /// On shutdown, how long the batch in flight may take to finish (stored,
+    /// produced, committed) before it is abandoned uncommitted, to be redone
+    /// by the next owner of its partitions.
+    #[serde(default = "default_drain_timeout", with = "duration::text")]
+    pub drain_timeout: Duration,
+    /// Interval of librdkafka's statistics, which feed the consumer lag
+    /// gauge. `"0s"` turns them (and the gauge) off.
+    #[serde(default = "default_stats_interval", with = "duration::text")]
+    pub stats_interval: Duration,
+    /// Deprecated spellings, in milliseconds, of the durations above; still
+    /// read, with a warning at start ([`IngestConfig::deprecations`]).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub batch_max_wait_ms: Option<u64>,
+    #[doc(hidden)]
+    #[serde(default)]
+    pub retry_initial_ms: Option<u64>,
+    #[doc(hidden)]
+    #[serde(default)]
+    pub retry_max_ms: Option<u64>,
+    /// Deprecated: `drain_timeout` (the delivery service's name).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Deprecated: `stats_interval` (the delivery service's name).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub statistics_interval_ms: Option<u64>,
 }
 
 fn default_input_topics() -> Vec<String> {
@@ -98,23 +117,23 @@ fn default_batch_max_events() -> usize {
 fn default_store_write_parallelism() -> usize {
     4
 }
-fn default_batch_max_wait_ms() -> u64 {
-    20
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(20)
 }
 fn default_max_event_bytes() -> usize {
     1024 * 1024
 }
-fn default_retry_initial_ms() -> u64 {
-    100
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(100)
 }
-fn default_retry_max_ms() -> u64 {
-    10_000
+fn default_retry_max() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_shutdown_grace_ms() -> u64 {
-    30_000
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_statistics_interval_ms() -> u64 {
-    5_000
+fn default_stats_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for IngestConfig {
@@ -124,6 +143,61 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// Fold the deprecated millisecond keys (`shutdown_grace_ms = 30000`)
+    /// into their durations (`drain_timeout = "30s"`), and return one
+    /// warning per key that was used. Called by [`crate::start`].
+    pub fn deprecations(&mut self) -> Vec<String> {
+        let fold = duration::fold_deprecated_ms;
+        let renamed = |old: &str, new: &str| {
+            format!("ingest.{old} is deprecated: write ingest.{new}, as the delivery service does")
+        };
+        let mut out: Vec<String> = [
+            fold(
+                "ingest",
+                "batch_max_wait",
+                &mut self.batch_max_wait,
+                &mut self.batch_max_wait_ms,
+            ),
+            fold(
+                "ingest",
+                "retry_initial",
+                &mut self.retry_initial,
+                &mut self.retry_initial_ms,
+            ),
+            fold(
+                "ingest",
+                "retry_max",
+                &mut self.retry_max,
+                &mut self.retry_max_ms,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if fold(
+            "ingest",
+            "drain_timeout",
+            &mut self.drain_timeout,
+            &mut self.shutdown_grace_ms,
+        )
+        .is_some()
+        {
+            out.push(renamed("shutdown_grace_ms", "drain_timeout"));
+        }
+        if fold(
+            "ingest",
+            "stats_interval",
+            &mut self.stats_interval,
+            &mut self.statistics_interval_ms,
+        )
+        .is_some()
+        {
+            out.push(renamed("statistics_interval_ms", "stats_interval"));
+        }
+        out.extend(self.cql.deprecations("ingest.cql"));
+        out
+    }
+
     /// Reject settings the service cannot run with. Called once by
     /// [`crate::run`].
     pub fn validate(&self) -> Result<()> {
@@ -143,18 +217,10 @@ impl IngestConfig {
         if self.max_event_bytes == 0 {
             return fail("ingest.max_event_bytes must be at least 1");
         }
-        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
-            return fail("ingest.retry_initial_ms must be at least 1 and at most retry_max_ms");
+        if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
+            return fail("ingest.retry_initial must be more than 0s and at most retry_max");
         }
         Ok(())
-    }
-
-    pub(crate) fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
-    }
-
-    pub(crate) fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
     }
 }
 
@@ -176,8 +242,26 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         let c: IngestConfig = toml::from_str("input_topics = []").unwrap();
         assert!(c.validate().is_err());
-        let c: IngestConfig = toml::from_str("retry_initial_ms = 5000\nretry_max_ms = 10").unwrap();
+        let c: IngestConfig =
+            toml::from_str("retry_initial = \"5s\"\nretry_max = \"10ms\"").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn deprecated_millisecond_keys_still_work_and_say_so() {
+        let mut c: IngestConfig =
+            toml::from_str("shutdown_grace_ms = 1500\nbatch_max_wait_ms = 5").unwrap();
+        let warnings = c.deprecations();
+        assert_eq!(c.drain_timeout, Duration::from_millis(1500));
+        assert_eq!(c.batch_max_wait, Duration::from_millis(5));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("shutdown_grace_ms") && w.contains("drain_timeout")),
+            "{warnings:?}"
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(c.deprecations().is_empty(), "folded once");
     }
 
     #[test]

@@ -15,11 +15,9 @@
 //! An offset is therefore committed only once everything it caused is
 //! durable (at least once). See `README.md` in this crate for the decisions.
 
-mod backoff;
 mod batch;
 mod config;
 mod error;
-pub mod http;
 mod kafka;
 pub mod metrics;
 mod service;
@@ -27,4 +25,4 @@ mod service;
 pub use config::IngestConfig;
 pub use error::{IngestError, Result};
 pub use metrics::Metrics;
-pub use service::{Running, run, start};
+pub use service::{IngestService, run, start};

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use tracing::{debug, warn};
 
@@ -52,8 +51,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// The ingest metrics in a registry of their own.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::register(&Registry::new())
+    }
+
+    /// The ingest metrics, registered in `registry` (standalone shares one
+    /// registry with the delivery metrics). [`Metrics::render`] renders all
+    /// of that registry.
+    pub fn register(registry: &Registry) -> Self {
+        let registry = registry.clone();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -155,19 +162,15 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
-        String::from_utf8(buf).expect("prometheus text is utf-8")
+        herald_ops::render(&self.registry)
     }
 
-    pub(crate) fn event_matched(&self, notifications: usize) {
+    pub fn event_matched(&self, notifications: usize) {
         debug!(notifications, "event matched");
         self.events.with_label_values(&["matched"]).inc();
     }
 
-    pub(crate) fn event_unmatched(&self, event_type: &str) {
+    pub fn event_unmatched(&self, event_type: &str) {
         debug!(event_type, "event matched no webhook");
         self.events.with_label_values(&["unmatched"]).inc();
     }
@@ -187,18 +190,18 @@ impl Metrics {
         self.events.with_label_values(&["dead_lettered"]).inc();
     }
 
-    pub(crate) fn notification_stored(&self, webhook: &str, status: &str) {
+    pub fn notification_stored(&self, webhook: &str, status: &str) {
         self.notifications
             .with_label_values(&[webhook, status])
             .inc();
     }
 
-    pub(crate) fn render_failed(&self, webhook: &str, event_id: &str, error: &str) {
+    pub fn render_failed(&self, webhook: &str, event_id: &str, error: &str) {
         warn!(webhook, event_id, error, "template render failed");
         self.render_failures.with_label_values(&[webhook]).inc();
     }
 
-    pub(crate) fn store_written(&self, elapsed: Duration) {
+    pub fn store_written(&self, elapsed: Duration) {
         self.store_write.observe(elapsed.as_secs_f64());
     }
 

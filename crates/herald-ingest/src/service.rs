@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use herald_core::{Accepted, NotificationContent, NotificationState, Webhooks};
 use herald_kafka::{Topics, headers};
+use herald_ops::{Backoff, Health};
 use herald_store::cql::CqlStore;
 use herald_store::{NotificationStore, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -23,9 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::batch::{Batch, Disposition, Limits, dead_letter_headers};
-use crate::http::{self, Health};
 use crate::kafka::{IngestConsumerContext, ProducerContext};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::{IngestConfig, IngestError, Result};
@@ -48,13 +47,16 @@ pub async fn run(
 }
 
 /// Connect everything and start the HTTP endpoints, without consuming yet:
-/// [`Running::wait`] runs the pipeline. Retries the store connection while
+/// [`IngestService::wait`] runs the pipeline. Retries the store connection while
 /// its errors are retriable (until `shutdown`).
 pub async fn start(
-    config: IngestConfig,
+    mut config: IngestConfig,
     webhooks: Webhooks,
     shutdown: CancellationToken,
-) -> Result<Running> {
+) -> Result<IngestService> {
+    for warning in config.deprecations() {
+        warn!("{warning}");
+    }
     config.validate()?;
     let config = Arc::new(config);
     let metrics = Metrics::new();
@@ -74,11 +76,13 @@ pub async fn start(
             source,
         })?;
     // The endpoints stop with the service, also when its future is dropped
-    // (the guard lives in `Running`).
+    // (the guard lives in `IngestService`).
     let server_stop = shutdown.child_token();
-    let server = tokio::spawn(http::serve(
+    let render = metrics.clone();
+    let server = tokio::spawn(herald_ops::serve(
         listener,
-        http::handler(metrics.clone(), health.clone()),
+        herald_ops::Limits::default(),
+        herald_ops::endpoints(move || render.render(), health.clone()),
         server_stop.clone(),
     ));
     let server_guard = server_stop.drop_guard();
@@ -91,10 +95,10 @@ pub async fn start(
         .producer_config()
         .create_with_context(ProducerContext)?;
     let mut consumer_config = config.kafka.consumer_config(&config.group_id);
-    if config.statistics_interval_ms > 0 {
+    if !config.stats_interval.is_zero() {
         consumer_config.set(
             "statistics.interval.ms",
-            config.statistics_interval_ms.to_string(),
+            config.stats_interval.as_millis().to_string(),
         );
     }
     let consumer: StreamConsumer<IngestConsumerContext> =
@@ -106,7 +110,7 @@ pub async fn start(
     info!(topics = ?config.input_topics, group = %config.group_id, "ingest subscribed");
 
     let kafka_topics = Topics::new(&config.kafka);
-    Ok(Running {
+    Ok(IngestService {
         addr,
         metrics: metrics.clone(),
         shutdown,
@@ -135,10 +139,7 @@ async fn connect_store(
     shutdown: &CancellationToken,
     metrics: &Metrics,
 ) -> Result<Arc<dyn NotificationStore>> {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(config.retry_initial_ms),
-        Duration::from_millis(config.retry_max_ms),
-    );
+    let mut backoff = Backoff::new(config.retry_initial, config.retry_max);
     loop {
         match CqlStore::connect(&config.cql, config.store_limits).await {
             Ok(store) => return Ok(Arc::new(store)),
@@ -157,7 +158,7 @@ async fn connect_store(
 }
 
 /// A started ingest service.
-pub struct Running {
+pub struct IngestService {
     addr: SocketAddr,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -166,7 +167,7 @@ pub struct Running {
     pipeline: Pipeline,
 }
 
-impl Running {
+impl IngestService {
     /// Where the endpoints listen (the real port when configured with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -180,7 +181,7 @@ impl Running {
     /// Dropping this future instead stops at once, committing nothing more:
     /// what was not committed is consumed again by the next owner.
     pub async fn wait(self) -> Result<()> {
-        let Running {
+        let IngestService {
             shutdown,
             server,
             _server_guard,
@@ -196,7 +197,7 @@ impl Running {
 
 /// Whether a batch was finished or given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
+enum BatchEnd {
     Done,
     /// The shutdown grace period ran out: nothing more of it is committed.
     Abandoned,
@@ -239,7 +240,7 @@ impl Pipeline {
         let abandon = CancellationToken::new();
         let _grace = AbortOnDropHandle::new(tokio::spawn({
             let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
-            let grace = self.config.shutdown_grace();
+            let grace = self.config.drain_timeout;
             async move {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;
@@ -249,7 +250,8 @@ impl Pipeline {
         self.health.set_ready(true);
         loop {
             let messages = self.next_batch(shutdown).await;
-            if !messages.is_empty() && self.process(messages, &abandon).await == Flow::Abandoned {
+            if !messages.is_empty() && self.process(messages, &abandon).await == BatchEnd::Abandoned
+            {
                 warn!("shutdown grace elapsed: the batch in flight is left uncommitted");
                 break;
             }
@@ -286,7 +288,7 @@ impl Pipeline {
                 return batch;
             }
         }
-        let deadline = tokio::time::Instant::now() + self.config.batch_max_wait();
+        let deadline = tokio::time::Instant::now() + self.config.batch_max_wait;
         while batch.len() < self.config.batch_max_events {
             tokio::select! {
                 biased;
@@ -304,30 +306,30 @@ impl Pipeline {
         batch
     }
 
-    async fn process(&self, messages: Vec<OwnedMessage>, abandon: &CancellationToken) -> Flow {
+    async fn process(&self, messages: Vec<OwnedMessage>, abandon: &CancellationToken) -> BatchEnd {
         let events = messages.len();
         let mut batch = Batch::plan(messages, &self.webhooks, self.limits, Utc::now());
         if !batch.notifications.is_empty() {
             match self.append(&batch.notifications, abandon).await {
                 Ok(found) => batch.accepted(0..batch.notifications.len(), found),
-                Err(AppendError::Abandoned) => return Flow::Abandoned,
+                Err(AppendError::Abandoned) => return BatchEnd::Abandoned,
                 Err(AppendError::Rejected(e)) => {
                     debug!(error = %e, "store rejected the batch: appending event by event");
-                    if self.append_each(&mut batch, abandon).await == Flow::Abandoned {
-                        return Flow::Abandoned;
+                    if self.append_each(&mut batch, abandon).await == BatchEnd::Abandoned {
+                        return BatchEnd::Abandoned;
                     }
                 }
             }
         }
         let outgoing = self.outgoing(&batch);
-        if self.produce_all(outgoing, abandon).await == Flow::Abandoned {
-            return Flow::Abandoned;
+        if self.produce_all(outgoing, abandon).await == BatchEnd::Abandoned {
+            return BatchEnd::Abandoned;
         }
         self.commit(&batch);
         self.count(&batch);
         self.metrics.batch_done(events);
         self.health.set_ready(true);
-        Flow::Done
+        BatchEnd::Done
     }
 
     /// Append, retrying every failure that is not the input's fault:
@@ -392,7 +394,7 @@ impl Pipeline {
 
     /// After the store rejected a batch: append each event's notifications
     /// on its own, and dead-letter the events the store rejects.
-    async fn append_each(&self, batch: &mut Batch, abandon: &CancellationToken) -> Flow {
+    async fn append_each(&self, batch: &mut Batch, abandon: &CancellationToken) -> BatchEnd {
         for i in 0..batch.planned.len() {
             let Disposition::Notify(range) = &batch.planned[i].disposition else {
                 continue;
@@ -404,7 +406,7 @@ impl Pipeline {
                 .await
             {
                 Ok(found) => batch.accepted(range, found),
-                Err(AppendError::Abandoned) => return Flow::Abandoned,
+                Err(AppendError::Abandoned) => return BatchEnd::Abandoned,
                 Err(AppendError::Rejected(e)) => {
                     p.disposition = Disposition::DeadLetter {
                         reason: DeadLetterReason::StoreRejected,
@@ -413,7 +415,7 @@ impl Pipeline {
                 }
             }
         }
-        Flow::Done
+        BatchEnd::Done
     }
 
     /// Jobs and dead letters, in input order.
@@ -460,21 +462,25 @@ impl Pipeline {
     /// Produce everything and wait for every acknowledgement. What
     /// librdkafka gives up on (after `message.timeout.ms`) is produced again
     /// with backoff; a message the broker can never take is dropped loudly.
-    async fn produce_all(&self, mut pending: Vec<Outgoing>, abandon: &CancellationToken) -> Flow {
+    async fn produce_all(
+        &self,
+        mut pending: Vec<Outgoing>,
+        abandon: &CancellationToken,
+    ) -> BatchEnd {
         let mut backoff = self.backoff();
         loop {
             let failed = tokio::select! {
                 biased;
-                _ = abandon.cancelled() => return Flow::Abandoned,
+                _ = abandon.cancelled() => return BatchEnd::Abandoned,
                 failed = self.produce_round(pending) => failed,
             };
             if failed.is_empty() {
-                return Flow::Done;
+                return BatchEnd::Done;
             }
             self.health.set_ready(false);
             tokio::select! {
                 biased;
-                _ = abandon.cancelled() => return Flow::Abandoned,
+                _ = abandon.cancelled() => return BatchEnd::Abandoned,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
             pending = failed;
@@ -593,7 +599,7 @@ impl Pipeline {
 
     async fn flush(&self) {
         let producer = self.producer.clone();
-        let grace = self.config.shutdown_grace();
+        let grace = self.config.drain_timeout;
         let result =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(grace))).await;
         if let Ok(Err(e)) = result {
@@ -635,9 +641,6 @@ impl Pipeline {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(
-            Duration::from_millis(self.config.retry_initial_ms),
-            Duration::from_millis(self.config.retry_max_ms),
-        )
+        Backoff::new(self.config.retry_initial, self.config.retry_max)
     }
 }

@@ -126,22 +126,36 @@ pub struct CqlConfig {
     /// Credentials, when the cluster requires authentication.
     #[serde(default)]
     pub auth: Option<CqlAuth>,
-    /// Client-side timeout of one request, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Timeout of establishing a connection, in milliseconds.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    /// Client-side timeout of one request.
+    #[serde(
+        default = "default_request_timeout",
+        with = "herald_core::duration::text"
+    )]
+    pub request_timeout: Duration,
+    /// Timeout of establishing a connection.
+    #[serde(
+        default = "default_connect_timeout",
+        with = "herald_core::duration::text"
+    )]
+    pub connect_timeout: Duration,
+    /// Deprecated spellings, in milliseconds, of the two timeouts; still
+    /// read, with a warning at start ([`CqlConfig::deprecations`]).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+    #[doc(hidden)]
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 fn local_quorum() -> ConsistencyLevel {
     ConsistencyLevel::LocalQuorum
 }
-fn default_request_timeout_ms() -> u64 {
-    10_000
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_connect_timeout_ms() -> u64 {
-    5_000
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl CqlConfig {
@@ -154,9 +168,35 @@ impl CqlConfig {
             read_consistency: local_quorum(),
             write_consistency: local_quorum(),
             auth: None,
-            request_timeout_ms: default_request_timeout_ms(),
-            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout: default_request_timeout(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout_ms: None,
+            connect_timeout_ms: None,
         }
+    }
+
+    /// Fold the deprecated millisecond keys into the timeouts; one warning
+    /// per key used. `section` names where this configuration sits
+    /// (`delivery.cql`).
+    pub fn deprecations(&mut self, section: &str) -> Vec<String> {
+        let fold = herald_core::duration::fold_deprecated_ms;
+        [
+            fold(
+                section,
+                "request_timeout",
+                &mut self.request_timeout,
+                &mut self.request_timeout_ms,
+            ),
+            fold(
+                section,
+                "connect_timeout",
+                &mut self.connect_timeout,
+                &mut self.connect_timeout_ms,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -271,12 +311,12 @@ pub async fn connect_session(config: &CqlConfig) -> Result<Session> {
     }
     let profile = ExecutionProfile::builder()
         .consistency(config.read_consistency.into())
-        .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+        .request_timeout(Some(config.request_timeout))
         .load_balancing_policy(policy.build())
         .build();
     let mut builder = SessionBuilder::new()
         .known_nodes(&config.contact_points)
-        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .connection_timeout(config.connect_timeout)
         .default_execution_profile_handle(profile.into_handle());
     if let Some(auth) = &config.auth {
         builder = builder.user(&auth.username, &auth.password);

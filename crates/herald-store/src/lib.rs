@@ -76,6 +76,21 @@ pub trait NotificationStore: Send + Sync {
     /// [`StoreError::Invalid`] for a `render_failed` one.
     async fn append_attempts(&self, batch: &[Attempt]) -> Result<()>;
 
+    /// Store one attempt, as [`NotificationStore::append_attempts`] does,
+    /// and close the durable re-send request it carried out, if any, in
+    /// the same write: standalone queues re-sends in its store
+    /// ([`sqlite::SqliteStore::queue_resend`]); Kafka mode's are messages
+    /// on the resend topic and pass `None`. Adapters without queued
+    /// re-sends refuse a request with [`StoreError::Invalid`].
+    async fn record_attempt(&self, attempt: &Attempt, resend_request: Option<i64>) -> Result<()> {
+        match resend_request {
+            None => self.append_attempts(std::slice::from_ref(attempt)).await,
+            Some(_) => Err(StoreError::Invalid(
+                "this store queues no re-send requests".into(),
+            )),
+        }
+    }
+
     /// The attempts of one notification, ordered by start time then attempt
     /// id (empty for an unknown one): what [`herald_core::History`] reads
     /// before an automatic retry, without the stored request.

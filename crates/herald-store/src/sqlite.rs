@@ -213,7 +213,7 @@ impl SqliteStore {
     }
 
     /// Queue a re-send of a notification, durably: the request survives a
-    /// crash until [`SqliteStore::record_resend`] records its attempt.
+    /// crash until [`NotificationStore::record_attempt`] records its attempt.
     /// Returns the request's id. (Standalone's re-sends; Kafka mode queues
     /// them on the resend topic instead.)
     pub async fn queue_resend(&self, id: NotificationId) -> Result<i64> {
@@ -221,15 +221,6 @@ impl SqliteStore {
             Written::Resend(request) => Ok(request),
             _ => unreachable!("a resend write answers with its request id"),
         }
-    }
-
-    /// Record a re-send's attempt and remove its queued request, in one
-    /// transaction.
-    pub async fn record_resend(&self, attempt: &Attempt, request: i64) -> Result<()> {
-        let batch = vec![self.limits.bound_attempt(attempt)];
-        self.write(|tx| WriteOp::Attempts(batch, Some(request), tx))
-            .await
-            .map(drop)
     }
 
     /// Re-send requests queued and not yet carried out (request id and
@@ -353,6 +344,15 @@ impl NotificationStore for SqliteStore {
         }
         let batch = batch.iter().map(|a| self.limits.bound_attempt(a)).collect();
         self.write(|tx| WriteOp::Attempts(batch, None, tx))
+            .await
+            .map(drop)
+    }
+
+    /// The attempt and the removal of its queued re-send request are one
+    /// transaction.
+    async fn record_attempt(&self, attempt: &Attempt, resend_request: Option<i64>) -> Result<()> {
+        let batch = vec![self.limits.bound_attempt(attempt)];
+        self.write(|tx| WriteOp::Attempts(batch, resend_request, tx))
             .await
             .map(drop)
     }

@@ -8,7 +8,6 @@
 //! ([`Backend`]): standalone queues it in the local engine, Kafka mode
 //! produces a [`ResendCommand`] to the resend topic for the delivery workers.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,17 +24,14 @@ use herald_store::{
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::standalone::engine::{AcceptError, Engine};
 
@@ -249,66 +245,33 @@ pub async fn start_kafka(
 }
 
 /// Serve the API on `listener` until `shutdown` fires; connections finish
-/// their current request. Every task is tracked by `tracker`.
+/// their current request. Every task is tracked by `tracker`. At most 1024
+/// connections at once, and a client that trickles its head is cut off
+/// after 10 s ([`herald_ops::Limits`]).
 pub fn spawn(
     listener: TcpListener,
     state: Arc<ApiState>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let conns = tracker.clone();
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tracker.spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                },
-            };
-            // At most MAX_CONNECTIONS at once: further clients wait in the
-            // listen backlog rather than take memory and tasks.
-            let Ok(permit) = connections.clone().acquire_owned().await else {
-                break;
-            };
-            let state = state.clone();
-            let shutdown = shutdown.clone();
-            conns.spawn(async move {
-                let _permit = permit;
-                let service = service_fn(move |req| handle(state.clone(), req));
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                // A client that trickles its head is cut off.
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = shutdown.cancelled() => {}
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            });
-        }
-    });
+    let handler = move |req| handle(state.clone(), req);
+    tracker.spawn(herald_ops::serve(
+        listener,
+        herald_ops::Limits::default(),
+        handler,
+        shutdown,
+    ));
 }
 
 type Resp = Response<Full<Bytes>>;
 
-/// Connections served at once by one API listener.
-const MAX_CONNECTIONS: usize = 1024;
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let resp = match (req.method(), segments.as_slice()) {
+    match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["readyz"]) => text(StatusCode::OK, "ready"),
         (&Method::GET, ["metrics"]) => match &state.backend {
@@ -316,9 +279,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
                 let mut resp = text(StatusCode::OK, &engine.metrics.render());
                 resp.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
+                    hyper::header::HeaderValue::from_static(herald_ops::METRICS_CONTENT_TYPE),
                 );
                 resp
             }
@@ -347,8 +308,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
             Some(allow) => method_not_allowed(&req, allow),
             None => not_found(&req),
         },
-    };
-    Ok(resp)
+    }
 }
 
 /// The methods a known path answers to, for a 405's `Allow`.

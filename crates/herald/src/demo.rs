@@ -122,7 +122,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut resent = false;
     loop {
-        let (n, result) = tokio::select! {
+        let (webhook_id, result) = tokio::select! {
             r = feed.recv() => r.context("attempt feed closed")?,
             _ = tokio::time::sleep_until(deadline) => bail!("demo did not settle within 60s"),
         };
@@ -138,7 +138,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         println!(
             "   {} {:<30} attempt {} ({:<6}) -> {:<4} {}",
             a.started_at.format("%H:%M:%S%.3f"),
-            n.webhook_id,
+            webhook_id,
             a.attempt_no,
             a.trigger,
             status,

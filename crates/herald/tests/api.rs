@@ -55,6 +55,8 @@ body = '{{"client": {{{{json subject}}}}}}'
 struct Api {
     base: String,
     http: HttpSender,
+    /// The SQLite file of the Herald under test.
+    database: std::path::PathBuf,
 }
 
 impl Api {
@@ -132,7 +134,7 @@ async fn start(
     ok: &TestReceiver,
     down: &TestReceiver,
     shutdown: CancellationToken,
-) -> (Api, standalone::Running) {
+) -> (Api, standalone::Standalone) {
     start_with(ok, down, shutdown, StandaloneConfig::default().concurrency).await
 }
 
@@ -141,7 +143,7 @@ async fn start_with(
     down: &TestReceiver,
     shutdown: CancellationToken,
     concurrency: usize,
-) -> (Api, standalone::Running) {
+) -> (Api, standalone::Standalone) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_api"));
     let webhooks = Webhooks::from_toml(&definitions(ok, down)).expect("definitions");
     let secrets: HashMap<SecretRef, String> =
@@ -166,6 +168,7 @@ async fn start_with(
         Api {
             base: format!("http://{}", running.addr),
             http,
+            database: dir.join("herald.db"),
         },
         running,
     )
@@ -407,6 +410,7 @@ enabled = false
         let api = Api {
             base: format!("http://{}", running.addr),
             http,
+            database: dir.join("herald.db"),
         };
         (api, running)
     };
@@ -611,6 +615,61 @@ async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
         .filter(|r| r.header("webhook-id") == Some(id.as_str()))
         .count();
     assert_eq!(sent, 1, "the in-flight notification was sent again");
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// A store that refuses attempts for good (here: its attempts table is
+/// gone) stalls the delivery visibly, as in Kafka mode
+/// (`a_store_that_refuses_attempts_stalls_and_commits_nothing`): the request
+/// was sent, the failure to record it is counted and retried, nothing is
+/// skipped; once the table is back the attempt is recorded, and the
+/// notification was sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_attempts_stalls_visibly_until_it_is_fixed() {
+    let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
+    let shutdown = CancellationToken::new();
+    let (api, running) = start(&ok, &down, shutdown.clone()).await;
+    let side = rusqlite::Connection::open(&api.database).unwrap();
+    side.busy_timeout(Duration::from_secs(10)).unwrap();
+    side.execute_batch("ALTER TABLE attempts RENAME TO attempts_away")
+        .unwrap();
+    let id = api
+        .accept_one(event("refused", "bank.loan.disbursed", "L-9"))
+        .await;
+    ok.wait_for(1, Duration::from_secs(30)).await;
+    let retried = r#"herald_delivery_retried_operations_total{operation="append_attempts"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = api.call("GET", "/metrics", None, None).await;
+        let count = metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(retried))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        // Failed at least twice: being retried, not given up.
+        if count >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused record is not retried: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    side.execute_batch("ALTER TABLE attempts_away RENAME TO attempts")
+        .unwrap();
+    let record = api
+        .wait_record(&id, "delivered", |r| r["state"]["status"] == "delivered")
+        .await;
+    assert_eq!(
+        record["attempts"].as_array().unwrap().len(),
+        1,
+        "{record:#}"
+    );
+    assert_eq!(ok.received().len(), 1, "sent once");
     shutdown.cancel();
     running.wait().await;
 }

@@ -55,7 +55,11 @@ async fn start(
     name: &str,
     definitions: &str,
     concurrency: usize,
-) -> (std::path::PathBuf, CancellationToken, standalone::Running) {
+) -> (
+    std::path::PathBuf,
+    CancellationToken,
+    standalone::Standalone,
+) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name(name));
     let shutdown = CancellationToken::new();
     let mut config = StandaloneConfig {

@@ -63,7 +63,7 @@ where
 async fn standalone_api(
     defs: &str,
     test: &str,
-) -> (standalone::Running, CancellationToken, &'static str) {
+) -> (standalone::Standalone, CancellationToken, &'static str) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name(test));
     let config = StandaloneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,8 +1,8 @@
-//! The circuit breakers of one worker, and how workers share them.
+//! How Kafka-mode workers share their circuit breakers.
 //!
-//! Each worker keeps a [`Circuits`] in memory and consults it before every
-//! attempt. When a breaker opens or closes here, the change is logged once,
-//! counted, and published to the compacted `herald.circuits` topic (key:
+//! Each worker keeps a [`CircuitBoard`] in memory and consults it before
+//! every attempt. When a breaker opens or closes here, the change is logged
+//! once, counted, and published to the compacted `herald.circuits` topic (key:
 //! webhook id). Every worker reads that topic from the beginning with its own
 //! group-less consumer and follows the other workers' changes, so a circuit
 //! opened by one worker stops the others within the time it takes a message
@@ -10,126 +10,24 @@
 //! measured figure). Half-open is local: each worker probes on its own when
 //! the cool-down it knows of ends.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use herald_core::circuit::CircuitView;
-use herald_core::{Admission, CircuitChange, CircuitState, Circuits, Outcome, Webhooks};
+use herald_core::{CircuitChange, CircuitState};
 use herald_kafka::{KafkaConfig, Topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::metrics::Metrics;
-
-/// This worker's breakers. Cheap to clone; the lock is never held across
-/// an await.
-#[derive(Clone)]
-pub struct CircuitBoard {
-    circuits: Arc<Mutex<Circuits>>,
-    metrics: Metrics,
-}
-
-impl CircuitBoard {
-    pub(super) fn new(instance: &str, webhooks: &Webhooks, metrics: Metrics) -> Self {
-        let circuits = Circuits::for_webhooks(instance, webhooks, Utc::now());
-        for v in circuits.views() {
-            metrics
-                .circuit_state
-                .with_label_values(&[&v.webhook_id])
-                .set(v.state.gauge());
-        }
-        Self {
-            circuits: Arc::new(Mutex::new(circuits)),
-            metrics,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Circuits> {
-        self.circuits.lock().expect("circuits lock")
-    }
-
-    /// May a job of this webhook, due since `due_at`, be attempted now?
-    pub(super) fn admit(&self, webhook_id: &str, due_at: chrono::DateTime<Utc>) -> Admission {
-        self.lock().admit(webhook_id, Utc::now(), due_at)
-    }
-
-    /// The end of the cool-down if the circuit is open (read-only).
-    pub(super) fn open_until(&self, webhook_id: &str) -> Option<chrono::DateTime<Utc>> {
-        self.lock().open_until(webhook_id, Utc::now())
-    }
-
-    /// Report an attempt admitted by [`CircuitBoard::admit`].
-    pub(super) fn record(&self, webhook_id: &str, outcome: Outcome, took: Duration, probe: bool) {
-        self.lock()
-            .record(webhook_id, Utc::now(), outcome, took, probe);
-    }
-
-    /// Changes made here since the last call: log and count each once.
-    /// Returns those to publish (open and closed; half-open is local).
-    pub(super) fn take_changes(&self) -> Vec<CircuitChange> {
-        let changes = self.lock().take_changes();
-        changes
-            .into_iter()
-            .filter(|c| {
-                self.noted(c, "local");
-                c.state != CircuitState::HalfOpen
-            })
-            .collect()
-    }
-
-    /// Follow a change published by another worker or an operator.
-    pub(super) fn apply(&self, change: &CircuitChange) {
-        if self.lock().apply(change) {
-            self.noted(change, "remote");
-        }
-    }
-
-    fn noted(&self, c: &CircuitChange, source: &str) {
-        self.metrics
-            .circuit_state
-            .with_label_values(&[&c.webhook_id])
-            .set(c.state.gauge());
-        self.metrics
-            .circuit_changes
-            .with_label_values(&[&c.webhook_id, c.state.as_str(), source])
-            .inc();
-        let until = c.until.map(|u| u.to_rfc3339()).unwrap_or_default();
-        match c.state {
-            CircuitState::Open => warn!(
-                webhook = %c.webhook_id, %until, changed_by = %c.changed_by, reason = %c.reason, source,
-                "circuit opened: deliveries to this webhook are parked"
-            ),
-            CircuitState::HalfOpen => info!(
-                webhook = %c.webhook_id, changed_by = %c.changed_by, reason = %c.reason, source,
-                "circuit half-open: probing"
-            ),
-            CircuitState::Closed => info!(
-                webhook = %c.webhook_id, changed_by = %c.changed_by, reason = %c.reason, source,
-                "circuit closed: deliveries resume"
-            ),
-        }
-    }
-
-    /// Every circuit of this worker, by webhook id.
-    pub fn views(&self) -> Vec<CircuitView> {
-        self.lock().views()
-    }
-
-    /// The state of one webhook's circuit here.
-    pub fn state(&self, webhook_id: &str) -> Option<CircuitState> {
-        self.lock().state(webhook_id)
-    }
-}
+use crate::CircuitBoard;
 
 /// Publish a state change (and wait for Kafka's acknowledgement).
 pub(super) async fn publish(producer: &FutureProducer, topic: &str, change: &CircuitChange) {
     let payload = serde_json::to_vec(change).expect("a circuit change always encodes");
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = herald_ops::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let record = FutureRecord::<str, [u8]>::to(topic)
             .key(&change.webhook_id)
@@ -138,8 +36,7 @@ pub(super) async fn publish(producer: &FutureProducer, topic: &str, change: &Cir
             Ok(_) => return,
             Err((e, _)) => {
                 warn!(error = %e, %topic, "publishing a circuit change failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The dispatch loop: one consumer for the deliveries, retry-tier and resend
 //! topics. It decodes each message, holds back those not yet due (see
-//! `tier`), starts the rest as jobs within the in-flight bounds, and commits
+//! `flow`), starts the rest as jobs within the in-flight bounds, and commits
 //! the contiguous prefix of finished offsets per partition.
 //!
 //! Everything runs inside this one future: jobs live in a `JoinSet` it owns,
@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,10 +28,10 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::flow::{Admit, Flow, Partitions, Tp};
 use super::job::{self, Shared, Work};
-use super::metrics::Metrics;
-use super::tier::{Admit, Flow, Partitions, Tp};
 use super::{DeliveryConfig, Result};
+use crate::Metrics;
 
 /// Sleep until the wall clock reads `at` (never wakes early, even if the
 /// clock is stepped back meanwhile).
@@ -42,6 +41,24 @@ async fn until(at: DateTime<Utc>) {
             return;
         }
         tokio::time::sleep(left).await;
+    }
+}
+
+/// A job held in memory until it is due, counted in
+/// `herald_delivery_scheduled` while it waits (also when its task is
+/// aborted by a rebalance).
+struct Scheduled(prometheus::IntGauge);
+
+impl Scheduled {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Scheduled {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -189,7 +206,7 @@ pub(super) fn create(
     if !config.kafka.client.contains_key("statistics.interval.ms") {
         cc.set(
             "statistics.interval.ms",
-            config.stats_interval_ms.to_string(),
+            config.stats_interval.as_millis().to_string(),
         );
     }
     // A partition resumed at its head's due time is fetched in the next
@@ -279,7 +296,7 @@ impl Dispatcher {
         shared: Arc<Shared>,
         config: &DeliveryConfig,
     ) -> Self {
-        let resend_topic = shared.topics.resend();
+        let resend_topic = shared.topics().resend();
         Self {
             consumer,
             core: Core {
@@ -290,14 +307,14 @@ impl Dispatcher {
                 running: HashMap::new(),
                 resend_topic,
             },
-            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            drain_timeout: config.drain_timeout,
         }
     }
 
     pub(super) async fn run(
         self,
         shutdown: CancellationToken,
-        ready: Arc<AtomicBool>,
+        health: Arc<herald_ops::Health>,
     ) -> Result<()> {
         let Self {
             consumer,
@@ -306,7 +323,7 @@ impl Dispatcher {
         } = self;
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ready.store(true, Ordering::Relaxed);
+        health.set_ready(true);
         loop {
             core.apply_events(&consumer);
             core.gauges();
@@ -328,7 +345,7 @@ impl Dispatcher {
 
         // Graceful shutdown: take no new messages, let in-flight attempts
         // finish and reach their next hop, commit, then leave the group.
-        ready.store(false, Ordering::Relaxed);
+        health.set_ready(false);
         info!(
             in_flight = core.jobs.len(),
             "shutting down: draining in-flight deliveries"
@@ -356,7 +373,7 @@ impl Dispatcher {
 
 impl Core {
     fn gauges(&self) {
-        let m = &self.shared.metrics;
+        let m = &self.shared.metrics();
         m.in_flight.set(self.parts.total_in_flight() as i64);
         m.waiting_partitions.set(self.parts.waiting() as i64);
     }
@@ -405,7 +422,7 @@ impl Core {
             (
                 tier.name.clone(),
                 self.shared
-                    .tiers
+                    .tiers()
                     .step(&tier, produced, due, now, latest_due),
             )
         });
@@ -417,7 +434,7 @@ impl Core {
             Some((from_tier, TierStep::Hop { tier })) => {
                 let work = Work::Hop {
                     from_tier,
-                    topic: self.shared.topics.retry(&tier.name),
+                    topic: self.shared.topics().retry(&tier.name),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: hopped(m),
@@ -429,7 +446,7 @@ impl Core {
         // Not due yet (a hold, or a job whose own due time is later): held
         // in memory when within the smallest tier's delay, else waited on.
         let hold =
-            chrono::Duration::from_std(self.shared.tiers.smallest().delay).unwrap_or_default();
+            chrono::Duration::from_std(self.shared.tiers().smallest().delay).unwrap_or_default();
         let mut held_until = None;
         if matches!(work, Work::Deliver { .. }) && due > now {
             if due > latest_due {
@@ -457,10 +474,14 @@ impl Core {
         let job = job::execute(self.shared.clone(), work);
         let handle = match held_until {
             // In flight meanwhile: counted against the bounds, uncommitted.
-            Some(at) => self.jobs.spawn(async move {
-                until(at).await;
-                job.await
-            }),
+            Some(at) => {
+                let scheduled = Scheduled::new(&self.shared.metrics().scheduled);
+                self.jobs.spawn(async move {
+                    until(at).await;
+                    drop(scheduled);
+                    job.await
+                })
+            }
             None => self.jobs.spawn(job),
         };
         self.running.insert(
@@ -486,8 +507,8 @@ impl Core {
 
     /// The retry tier a topic is, if it is one.
     fn tier_of(&self, topic: &str) -> Option<Tier> {
-        let name = self.shared.topics.tier_of(topic)?;
-        self.shared.tiers.by_name(name).cloned()
+        let name = self.shared.topics().tier_of(topic)?;
+        self.shared.tiers().by_name(name).cloned()
     }
 
     fn invalid(&self, m: &BorrowedMessage<'_>, error: String) -> Work {

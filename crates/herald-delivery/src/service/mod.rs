@@ -6,19 +6,18 @@
 //!
 //! - `consumer`: the one dispatch loop (messages, completions, timers,
 //!   rebalances, commits).
-//! - `tier`: per-partition flow control: waiting on a head that is not due
+//! - `flow`: per-partition flow control: waiting on a head that is not due
 //!   (pause + seek + timed resume) and the in-flight bounds.
-//! - `job`: one message's work, from attempt to durable next hop.
+//! - `job`: one message's work, through the [`Pipeline`] with Kafka as its
+//!   next hops.
 //! - `resend`: publishing resend commands, one or in bulk.
-//! - `circuit`: the per-webhook circuit breakers and how workers share them.
+//! - `circuit`: how workers share their circuit breakers.
 
 mod circuit;
 mod consumer;
-mod http;
+mod flow;
 mod job;
-mod metrics;
 mod resend;
-mod tier;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,11 +35,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use circuit::{CircuitBoard, force_close as force_close_circuit, read_all as read_circuits};
-pub use metrics::Metrics;
+pub use circuit::{force_close as force_close_circuit, read_all as read_circuits};
 pub use resend::{BulkResend, publish_bulk_resend, publish_resend};
 
-use crate::{Deliverer, HttpSender, SenderConfig, SsrfGuard};
+use crate::pipeline::{self, Pipeline};
+use crate::{CircuitBoard, Deliverer, HttpSender, Metrics, SenderConfig, SsrfGuard};
 
 /// Configuration of `herald delivery` (section `[delivery]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -82,15 +81,29 @@ pub struct DeliveryConfig {
     pub webhooks: PathBuf,
     /// On shutdown, how long in-flight attempts may take to finish before
     /// they are abandoned (uncommitted, so the next owner redoes them).
-    #[serde(default = "default_drain_timeout_ms")]
-    pub drain_timeout_ms: u64,
+    #[serde(
+        default = "default_drain_timeout",
+        with = "herald_core::duration::text"
+    )]
+    pub drain_timeout: Duration,
     /// How often consumer statistics (lag per topic) are refreshed.
-    #[serde(default = "default_stats_interval_ms")]
-    pub stats_interval_ms: u64,
+    #[serde(
+        default = "default_stats_interval",
+        with = "herald_core::duration::text"
+    )]
+    pub stats_interval: Duration,
     /// This worker's name in the circuit state changes it publishes. Default:
     /// `delivery-` and a random suffix, new at every start.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Deprecated spellings, in milliseconds, of `drain_timeout` and
+    /// `stats_interval`; still read, with a warning at start.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    #[doc(hidden)]
+    #[serde(default)]
+    pub stats_interval_ms: Option<u64>,
 }
 
 fn default_group_id() -> String {
@@ -117,16 +130,44 @@ fn default_max_in_flight_per_webhook() -> usize {
 fn default_webhooks() -> PathBuf {
     "deploy/webhooks.example.toml".into()
 }
-fn default_drain_timeout_ms() -> u64 {
-    30_000
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_stats_interval_ms() -> u64 {
-    5_000
+fn default_stats_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl DeliveryConfig {
+    /// Fold the deprecated millisecond keys (`drain_timeout_ms = 30000`)
+    /// into their durations (`drain_timeout = "30s"`); one warning per key
+    /// used. Called by [`DeliveryService::bind_with_store`].
+    pub fn deprecations(&mut self) -> Vec<String> {
+        let fold = herald_core::duration::fold_deprecated_ms;
+        let mut out: Vec<String> = [
+            fold(
+                "delivery",
+                "drain_timeout",
+                &mut self.drain_timeout,
+                &mut self.drain_timeout_ms,
+            ),
+            fold(
+                "delivery",
+                "stats_interval",
+                &mut self.stats_interval,
+                &mut self.stats_interval_ms,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.extend(self.cql.deprecations("delivery.cql"));
+        out
     }
 }
 
@@ -192,6 +233,10 @@ impl DeliveryService {
         secrets: Arc<dyn SecretSource + Send + Sync>,
         store: Arc<dyn NotificationStore>,
     ) -> Result<Self> {
+        let mut config = config;
+        for warning in config.deprecations() {
+            warn!("{warning}");
+        }
         if config.max_in_flight == 0
             || config.max_in_flight_per_partition == 0
             || config.max_in_flight_per_webhook == 0
@@ -233,19 +278,20 @@ impl DeliveryService {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("delivery-{}", &id[..12])
         });
-        let circuits = circuit::CircuitBoard::new(&instance, &webhooks, metrics.clone());
+        let circuits = CircuitBoard::new(&instance, &webhooks, metrics.clone());
         let watcher = circuit::Watcher::new(&config.kafka, &config.group_id, circuits.clone())?;
-        let shared = Arc::new(job::Shared::new(
+        let hops = Arc::new(job::KafkaHops::new(producer, topics, metrics.clone()));
+        let pipeline = Pipeline::new(pipeline::Parts {
             deliverer,
             store,
-            producer,
-            topics,
+            hops: hops.clone(),
             metrics,
             circuits,
             tiers,
-            &webhooks,
-            config.max_in_flight_per_webhook,
-        ));
+            webhooks,
+            per_webhook: config.max_in_flight_per_webhook,
+        });
+        let shared = Arc::new(job::Shared::new(pipeline, hops));
         info!(
             group = %config.group_id,
             %instance,
@@ -272,12 +318,12 @@ impl DeliveryService {
 
     /// The service's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        self.shared.metrics()
     }
 
     /// This worker's circuit breakers (a live handle).
     pub fn circuits(&self) -> CircuitBoard {
-        self.shared.circuits.clone()
+        self.shared.pipeline.circuits().clone()
     }
 
     /// Consume and deliver until `shutdown` fires; then stop consuming,
@@ -293,21 +339,22 @@ impl DeliveryService {
         } = self;
         // Know the circuits other workers opened before delivering anything.
         watcher
-            .catch_up(&shared.topics.circuits(), Duration::from_secs(5))
+            .catch_up(&shared.topics().circuits(), Duration::from_secs(5))
             .await;
         let watching = watcher.run(shutdown.clone());
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let http = http::serve(
+        let health = Arc::new(herald_ops::Health::default());
+        let metrics = shared.metrics().clone();
+        let http = herald_ops::serve(
             listener,
-            shared.metrics.clone(),
-            ready.clone(),
+            herald_ops::Limits::default(),
+            herald_ops::endpoints(move || metrics.render(), health.clone()),
             shutdown.clone(),
         );
         let dispatch = consumer::Dispatcher::new(consumer, shared.clone(), &config)
-            .run(shutdown.clone(), ready);
+            .run(shutdown.clone(), health);
         let (_, result, ()) = tokio::join!(http, dispatch, watching);
         let flushed = {
-            let producer = shared.producer.clone();
+            let producer = shared.hops.producer.clone();
             tokio::task::spawn_blocking(move || {
                 use rdkafka::producer::Producer as _;
                 producer.flush(Duration::from_secs(30))
@@ -336,6 +383,21 @@ mod tests {
         assert!(c.max_in_flight >= c.max_in_flight_per_partition);
         let e = serde_json::from_str::<DeliveryConfig>(r#"{"max_inflight": 3}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn deprecated_millisecond_keys_still_work() {
+        let mut c: DeliveryConfig =
+            serde_json::from_str(r#"{"drain_timeout_ms": 1200, "cql": {"contact_points": ["x:9042"], "keyspace": "k", "request_timeout_ms": 700}}"#)
+                .unwrap();
+        let warnings = c.deprecations();
+        assert_eq!(c.drain_timeout, Duration::from_millis(1200));
+        assert_eq!(c.cql.request_timeout, Duration::from_millis(700));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[1].contains("delivery.cql.request_timeout"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct StandaloneConfig {
     /// Attempts in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Requests in flight to one webhook, so a slow endpoint cannot take
+    /// every slot; further attempts of that webhook wait for one (as in
+    /// Kafka mode).
+    #[serde(default = "default_max_in_flight_per_webhook")]
+    pub max_in_flight_per_webhook: usize,
     /// Internal address ranges webhooks may reach despite the SSRF guard,
     /// e.g. `["127.0.0.0/8"]` for a receiver on the same host.
     #[serde(default)]
@@ -75,6 +80,9 @@ fn default_webhooks() -> PathBuf {
 fn default_concurrency() -> usize {
     256
 }
+fn default_max_in_flight_per_webhook() -> usize {
+    32
+}
 fn default_tiers() -> Vec<String> {
     ["10s", "1m", "10m", "1h", "6h"].map(String::from).to_vec()
 }
@@ -92,14 +100,14 @@ impl Default for StandaloneConfig {
 }
 
 /// A running standalone Herald.
-pub struct Running {
+pub struct Standalone {
     /// Where the API listens (the real port when configured with port 0).
     pub addr: SocketAddr,
     pub engine: Engine,
     tracker: TaskTracker,
 }
 
-impl Running {
+impl Standalone {
     /// Wait until every task has stopped (after the shutdown token fired).
     pub async fn wait(self) {
         self.tracker.close();
@@ -113,7 +121,7 @@ pub async fn start(
     webhooks: Webhooks,
     secrets: Arc<dyn SecretSource + Send + Sync>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<Standalone> {
     let setting = "standalone.api_tokens (HERALD_STANDALONE__API_TOKENS)";
     if crate::api::checked_tokens(&config.api_tokens, setting)?.is_none() {
         bail!("no API token configured: set {setting}");
@@ -135,12 +143,13 @@ pub async fn start(
         .await
         .with_context(|| format!("opening {}", config.database.display()))?;
     let tracker = TaskTracker::new();
-    let metrics = metrics::Metrics::new();
+    let metrics = metrics::StandaloneMetrics::new();
     let engine = Engine::start(
         Arc::new(store),
         deliverer,
         webhooks,
         config.concurrency.max(1),
+        config.max_in_flight_per_webhook.max(1),
         metrics,
         shutdown.clone(),
         &tracker,
@@ -159,7 +168,7 @@ pub async fn start(
     });
     api::spawn(listener, state, shutdown, &tracker);
     info!(%addr, database = %config.database.display(), "standalone herald listening");
-    Ok(Running {
+    Ok(Standalone {
         addr,
         engine,
         tracker,

@@ -5,18 +5,18 @@ use std::time::Duration;
 
 /// Delays `initial`, `2·initial`, `4·initial`, … capped at `max`.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self { next: initial, max }
     }
 
     /// The delay before the next retry; each call doubles the following one.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay

@@ -1,13 +1,15 @@
-//! Every metric of the delivery service, declared in one place. Labels are
-//! low cardinality: webhook id (bounded by configuration; ids not defined
-//! there are reported as `unknown`), outcome, status class, tier and topic.
+//! Every delivery metric, declared in one place and named the same in both
+//! modes (`herald_delivery_*`). Labels are low cardinality: webhook id
+//! (bounded by configuration; ids not defined there are reported as
+//! `unknown`), outcome, status class, tier and topic. Some only move in
+//! Kafka mode (consumer lag, waiting partitions, tier hops, invalid
+//! messages).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-/// The delivery service's metrics. Cheap to clone.
+/// The delivery metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -18,9 +20,9 @@ pub struct Metrics {
     /// From the job's due time to its attempt starting, by trigger: how late
     /// deliveries are (tier granularity, queueing, webhook limits).
     pub start_delay: HistogramVec,
-    /// Retries published, by webhook and tier.
+    /// Retries scheduled, by webhook and tier.
     pub retries: IntCounterVec,
-    /// Notifications dead-lettered after their retries ran out, by webhook.
+    /// Notifications whose automatic retries ran out, by webhook.
     pub exhausted: IntCounterVec,
     /// Resend commands handled, by result.
     pub resends: IntCounterVec,
@@ -48,11 +50,23 @@ pub struct Metrics {
     /// Retry-tier messages moved on, unchanged, to the tier that fits what
     /// is left of their wait, by the tier they left.
     pub tier_hops: IntCounterVec,
+    /// Jobs waiting in this process's memory for their due time
+    /// (standalone: every scheduled retry and parked attempt; Kafka mode:
+    /// jobs due within the smallest tier's delay).
+    pub scheduled: IntGauge,
 }
 
 impl Metrics {
+    /// The delivery metrics in a registry of their own.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::register(&Registry::new())
+    }
+
+    /// The delivery metrics, registered in `registry` (standalone shares
+    /// one registry with the ingest metrics). [`Metrics::render`] renders
+    /// all of that registry.
+    pub fn register(registry: &Registry) -> Self {
+        let registry = registry.clone();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -67,12 +81,12 @@ impl Metrics {
         );
         let retries = counter(
             "herald_delivery_retries_scheduled_total",
-            "Retries published to a delayed-retry tier, by webhook and tier.",
+            "Retries scheduled (Kafka mode: published to a delayed-retry tier), by webhook and tier.",
             &["webhook", "tier"],
         );
         let exhausted = counter(
             "herald_delivery_exhausted_total",
-            "Notifications dead-lettered after their automatic retries ran out.",
+            "Notifications whose automatic retries ran out (Kafka mode: dead-lettered), by webhook.",
             &["webhook"],
         );
         let resends = counter(
@@ -145,6 +159,10 @@ impl Metrics {
             "herald_delivery_in_flight",
             "Jobs in flight in this process.",
         );
+        let scheduled = gauge(
+            "herald_delivery_scheduled",
+            "Jobs waiting in this process's memory for their due time (standalone: every scheduled retry and parked attempt; Kafka mode: jobs due within the smallest tier's delay).",
+        );
         let waiting_partitions = gauge(
             "herald_delivery_waiting_partitions",
             "Partitions paused until their head message is due.",
@@ -189,16 +207,13 @@ impl Metrics {
             in_flight,
             waiting_partitions,
             consumer_lag,
+            scheduled,
         }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
-        String::from_utf8(buf).expect("prometheus text is utf-8")
+        herald_ops::render(&self.registry)
     }
 }
 
@@ -209,7 +224,7 @@ impl Default for Metrics {
 }
 
 /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` when there was no HTTP response.
-pub(super) fn status_class(status: Option<u16>) -> &'static str {
+pub(crate) fn status_class(status: Option<u16>) -> &'static str {
     match status {
         Some(200..=299) => "2xx",
         Some(300..=399) => "3xx",
