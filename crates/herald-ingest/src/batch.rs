@@ -7,12 +7,9 @@ use chrono::{DateTime, Utc};
 use herald_core::{Accepted, CloudEvent, DeliveryJob, Notification, NotificationContent, Webhooks};
 use herald_kafka::headers;
 use herald_store::StoreLimits;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 
 use crate::metrics::DeadLetterReason;
-
-/// Longest error text put in a dead letter's header.
-const MAX_ERROR_HEADER_BYTES: usize = 1024;
 
 /// What happens to one input message.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,40 +148,20 @@ impl Batch {
 /// The headers of a dead letter: the original ones, then why and where
 /// from.
 pub(crate) fn dead_letter_headers(message: &OwnedMessage, error: &str) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new();
-    if let Some(original) = message.headers() {
-        for h in original.iter() {
-            out = out.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let error = herald_core::text::one_line(error, MAX_ERROR_HEADER_BYTES);
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
-    out.insert(Header {
-        key: headers::ERROR,
-        value: Some(&error),
-    })
-    .insert(Header {
-        key: headers::ORIGIN_TOPIC,
-        value: Some(message.topic()),
-    })
-    .insert(Header {
-        key: headers::ORIGIN_PARTITION,
-        value: Some(&partition),
-    })
-    .insert(Header {
-        key: headers::ORIGIN_OFFSET,
-        value: Some(&offset),
-    })
+    headers::dead_letter(
+        message.headers(),
+        error,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use herald_core::Status;
     use rdkafka::Timestamp;
+    use rdkafka::message::Header;
 
     use super::*;
 

@@ -25,9 +25,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::{Batch, Disposition, Limits, dead_letter_headers};
-use crate::kafka::{IngestConsumerContext, ProducerContext};
+use crate::kafka::IngestConsumerContext;
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::{IngestConfig, IngestError, Result};
+use herald_kafka::client::ProducerContext;
 
 /// How long to wait before polling again after a consumer error.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);

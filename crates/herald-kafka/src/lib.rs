@@ -1,10 +1,14 @@
-//! Herald's Kafka glue, in one place: topic names, client settings, the
-//! headers Herald puts on its messages, topic creation, and the tracker
-//! that commits only the contiguous prefix of finished offsets.
+//! Herald's Kafka glue, in one place: topic names, client settings and
+//! contexts (logs, lag), the headers Herald puts on its messages (dead
+//! letters included), the producer path that waits for acknowledgements,
+//! topic creation, and the tracker that commits only the contiguous prefix
+//! of finished offsets.
 
+pub mod client;
 pub mod config;
 pub mod headers;
 pub mod offsets;
+pub mod produce;
 pub mod topics;
 
 pub use config::KafkaConfig;

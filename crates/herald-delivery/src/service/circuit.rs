@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::{CircuitChange, CircuitState};
+use herald_kafka::produce::send_until_acked;
 use herald_kafka::{KafkaConfig, Topics};
+use rdkafka::ClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,21 +27,17 @@ use tracing::{debug, warn};
 use crate::CircuitBoard;
 
 /// Publish a state change (and wait for Kafka's acknowledgement).
-pub(super) async fn publish(producer: &FutureProducer, topic: &str, change: &CircuitChange) {
+pub(super) async fn publish<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    topic: &str,
+    change: &CircuitChange,
+) {
     let payload = serde_json::to_vec(change).expect("a circuit change always encodes");
-    let mut backoff = herald_ops::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let record = FutureRecord::<str, [u8]>::to(topic)
-            .key(&change.webhook_id)
-            .payload(&payload);
-        match producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return,
-            Err((e, _)) => {
-                warn!(error = %e, %topic, "publishing a circuit change failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
+    let key = Some(change.webhook_id.as_bytes());
+    send_until_acked(producer, topic, key, &payload, None, |e| {
+        warn!(error = %e, %topic, "publishing a circuit change failed; retrying");
+    })
+    .await;
 }
 
 /// Force a webhook's circuit closed on every worker: publish a `closed`

@@ -5,22 +5,20 @@
 //! Only then may its offset be committed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::text::one_line;
 use herald_core::{CircuitChange, DeliveryJob, ResendCommand, Tier, Tiers};
+use herald_kafka::client::ProducerContext;
+use herald_kafka::produce::send_until_acked;
 use herald_kafka::{Topics, headers};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tracing::warn;
 
 use super::circuit;
 use crate::Metrics;
 use crate::pipeline::{NextHops, Pipeline};
-
-/// Longest `herald-last-error` header written; the store keeps the full text.
-const MAX_ERROR_HEADER: usize = 1024;
 
 /// What every job needs. Shared by all jobs.
 pub(super) struct Shared {
@@ -62,13 +60,17 @@ impl Shared {
 /// tier that fits, exhausted jobs to the dead-letter topic, circuit changes
 /// to the compacted circuits topic. Each returns once Kafka acknowledged.
 pub(super) struct KafkaHops {
-    pub(super) producer: FutureProducer,
+    pub(super) producer: FutureProducer<ProducerContext>,
     pub(super) topics: Topics,
     metrics: Metrics,
 }
 
 impl KafkaHops {
-    pub(super) fn new(producer: FutureProducer, topics: Topics, metrics: Metrics) -> Self {
+    pub(super) fn new(
+        producer: FutureProducer<ProducerContext>,
+        topics: Topics,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             producer,
             topics,
@@ -121,6 +123,7 @@ pub(super) enum Work {
         offset: i64,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
+        headers: Option<OwnedHeaders>,
         error: String,
     },
 }
@@ -150,15 +153,12 @@ pub(super) async fn execute(shared: Arc<Shared>, work: Work) {
             offset,
             key,
             payload,
+            headers: original,
             error,
         } => {
             shared.metrics().invalid.with_label_values(&[&topic]).inc();
             warn!(%topic, partition, offset, %error, "undecodable message dead-lettered");
-            let hdrs = OwnedHeaders::new()
-                .insert(header(headers::ERROR, &error))
-                .insert(header(headers::ORIGIN_TOPIC, &topic))
-                .insert(header(headers::ORIGIN_PARTITION, &partition.to_string()))
-                .insert(header(headers::ORIGIN_OFFSET, &offset.to_string()));
+            let hdrs = headers::dead_letter(original.as_ref(), &error, &topic, partition, offset);
             let dead = shared.topics().dead();
             publish(&shared.hops, &dead, key.as_deref(), &payload, hdrs).await;
         }
@@ -182,10 +182,14 @@ async fn publish_job(hops: &KafkaHops, topic: &str, job: &DeliveryJob, reason: O
         ));
     }
     if let Some(e) = &job.last_error {
-        hdrs = hdrs.insert(header(headers::LAST_ERROR, &one_line(e, MAX_ERROR_HEADER)));
+        let e = one_line(e, headers::MAX_ERROR_BYTES);
+        hdrs = hdrs.insert(header(headers::LAST_ERROR, &e));
     }
     if let Some(r) = reason {
-        hdrs = hdrs.insert(header(headers::ERROR, r));
+        hdrs = hdrs.insert(header(
+            headers::ERROR,
+            &one_line(r, headers::MAX_ERROR_BYTES),
+        ));
     }
     publish(hops, topic, Some(job.key().as_bytes()), &payload, hdrs).await;
 }
@@ -198,26 +202,14 @@ async fn publish(
     payload: &[u8],
     headers: OwnedHeaders,
 ) {
-    let mut backoff = herald_ops::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(payload)
-            .headers(headers.clone());
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        match hops.producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return,
-            Err((e, _)) => {
-                hops.metrics
-                    .retried_ops
-                    .with_label_values(&["publish"])
-                    .inc();
-                warn!(error = %e, %topic, "publish failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
+    send_until_acked(&hops.producer, topic, key, payload, Some(headers), |e| {
+        hops.metrics
+            .retried_ops
+            .with_label_values(&["publish"])
+            .inc();
+        warn!(error = %e, %topic, "publish failed; retrying");
+    })
+    .await;
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

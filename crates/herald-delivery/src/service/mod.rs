@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{SecretSource, Tiers, Webhooks};
+use herald_kafka::client::ProducerContext;
 use herald_kafka::{KafkaConfig, Topics};
 use herald_store::cql::{CqlConfig, CqlStore};
 use herald_store::{NotificationStore, StoreError, StoreLimits};
@@ -267,7 +268,10 @@ impl DeliveryService {
         let topics = Topics::new(&config.kafka);
         let metrics = Metrics::new();
         let deliverer = Deliverer::new(sender, webhooks.clone(), secrets, tiers.clone());
-        let producer: FutureProducer = config.kafka.producer_config().create()?;
+        let producer: FutureProducer<ProducerContext> = config
+            .kafka
+            .producer_config()
+            .create_with_context(ProducerContext)?;
         let consumer = consumer::create(&config, metrics.clone())?;
         let mut subscribed = vec![topics.deliveries(), topics.resend()];
         subscribed.extend(tiers.as_slice().iter().map(|t| topics.retry(&t.name)));
