@@ -641,7 +641,16 @@ async fn bad_input_is_dead_lettered_or_recorded_and_the_partition_keeps_flowing(
     {
         let h = m.headers();
         assert_eq!(m.key(), Some(input.key.as_bytes()));
-        assert_eq!(m.payload(), Some(input.value.as_slice()));
+        if index == 4 {
+            // Oversized: the first KiB, and the size it had.
+            assert_eq!(m.payload(), Some(&input.value[..1024]));
+            assert_eq!(
+                headers::get(h, headers::ORIGINAL_SIZE),
+                Some(input.value.len().to_string().as_str())
+            );
+        } else {
+            assert_eq!(m.payload(), Some(input.value.as_slice()));
+        }
         assert!(!headers::get(h, headers::ERROR).unwrap_or("").is_empty());
         assert_eq!(
             headers::get(h, headers::ORIGIN_TOPIC),

@@ -161,41 +161,14 @@ impl HttpSender {
                 };
                 let _ = tokio::time::timeout_at(deadline, read).await;
                 drop(body);
-                let status = parts.status.as_u16();
-                let success = parts.status.is_success();
+                let head = Head::of(&parts);
                 SendResult {
-                    outcome: if success {
-                        Outcome::Success
-                    } else {
-                        Outcome::HttpError
-                    },
-                    http_status: Some(status),
+                    outcome: head.outcome,
+                    http_status: Some(parts.status.as_u16()),
                     duration: started.elapsed(),
-                    // Receiver-supplied heads are bounded here, before they
-                    // reach a record, a log line or a retry job: hyper takes
-                    // heads of hundreds of KB, and obs-text bytes triple in
-                    // size as U+FFFD.
-                    error: (!success).then(|| match parts.headers.get(http::header::LOCATION) {
-                        Some(loc) if parts.status.is_redirection() => {
-                            let bytes = &loc.as_bytes()[..loc.len().min(MAX_LOCATION_BYTES)];
-                            let shown =
-                                one_line(&String::from_utf8_lossy(bytes), MAX_LOCATION_BYTES);
-                            let more = if loc.len() > MAX_LOCATION_BYTES {
-                                "…"
-                            } else {
-                                ""
-                            };
-                            format!("http {status}: redirect to {shown}{more} not followed")
-                        }
-                        _ => format!("http {status}"),
-                    }),
+                    error: head.error,
                     response_excerpt: excerpt_text(&excerpt),
-                    retry_after: parts
-                        .headers
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| v.len() <= MAX_RETRY_AFTER_BYTES)
-                        .map(str::to_owned),
+                    retry_after: head.retry_after,
                 }
             }
         }
@@ -238,6 +211,53 @@ impl HttpSender {
         builder
             .body(Full::new(body))
             .map_err(|e| format!("invalid request: {e}"))
+    }
+}
+
+/// What a response head says, bounded: every string a receiver supplies is
+/// cut here, before it reaches a record, a log line or a retry job (hyper
+/// takes heads of hundreds of KB, and obs-text bytes triple in size as
+/// U+FFFD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    outcome: Outcome,
+    /// For a non-2xx answer: `http 503`, or where a redirect pointed.
+    error: Option<String>,
+    /// The raw `Retry-After`, when short enough to be one.
+    retry_after: Option<String>,
+}
+
+impl Head {
+    fn of(parts: &http::response::Parts) -> Self {
+        let status = parts.status.as_u16();
+        let success = parts.status.is_success();
+        let error = (!success).then(|| match parts.headers.get(http::header::LOCATION) {
+            Some(loc) if parts.status.is_redirection() => {
+                let bytes = &loc.as_bytes()[..loc.len().min(MAX_LOCATION_BYTES)];
+                let shown = one_line(&String::from_utf8_lossy(bytes), MAX_LOCATION_BYTES);
+                let more = if loc.len() > MAX_LOCATION_BYTES {
+                    "…"
+                } else {
+                    ""
+                };
+                format!("http {status}: redirect to {shown}{more} not followed")
+            }
+            _ => format!("http {status}"),
+        });
+        Self {
+            outcome: if success {
+                Outcome::Success
+            } else {
+                Outcome::HttpError
+            },
+            error,
+            retry_after: parts
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= MAX_RETRY_AFTER_BYTES)
+                .map(str::to_owned),
+        }
     }
 }
 
@@ -352,7 +372,50 @@ impl Service<Name> for GuardedResolver {
 
 #[cfg(test)]
 mod tests {
-    use super::excerpt_text;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes a header value may hold: visible ASCII, space, tab, obs-text.
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![0x20u8..0x7f, Just(b'\t'), 0x80u8..=0xff],
+            0..max,
+        )
+    }
+
+    proptest! {
+        /// Whatever head a receiver answers with (any status, a Location
+        /// and a Retry-After of any length, obs-text included), what reaches
+        /// the attempt is bounded, on one line, and only 2xx is a success.
+        #[test]
+        fn any_response_head_is_bounded_before_it_is_recorded(
+            status in 100u16..1000,
+            location in proptest::option::of(header_bytes(4096)),
+            retry_after in proptest::option::of(header_bytes(256)),
+        ) {
+            let mut b = http::Response::builder().status(status);
+            if let Some(l) = &location {
+                b = b.header(http::header::LOCATION, http::HeaderValue::from_bytes(l).unwrap());
+            }
+            if let Some(r) = &retry_after {
+                b = b.header(http::header::RETRY_AFTER, http::HeaderValue::from_bytes(r).unwrap());
+            }
+            let (parts, ()) = b.body(()).unwrap().into_parts();
+            let head = Head::of(&parts);
+            prop_assert_eq!(head.outcome == Outcome::Success, (200..300).contains(&status));
+            prop_assert_eq!(head.error.is_none(), (200..300).contains(&status));
+            if let Some(e) = &head.error {
+                let bound = "http 999: redirect to ".len() + MAX_LOCATION_BYTES
+                    + "…[truncated 99999 bytes]…".len() + " not followed".len();
+                prop_assert!(e.len() <= bound, "{} bytes", e.len());
+                prop_assert!(!e.chars().any(char::is_control), "{e:?}");
+            }
+            if let Some(r) = &head.retry_after {
+                prop_assert!(r.len() <= MAX_RETRY_AFTER_BYTES);
+            }
+        }
+    }
 
     #[test]
     fn an_excerpt_cut_inside_a_character_drops_the_fragment() {

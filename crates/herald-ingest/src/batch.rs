@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use herald_core::{Accepted, CloudEvent, DeliveryJob, Notification, NotificationContent, Webhooks};
 use herald_kafka::headers;
 use herald_store::StoreLimits;
-use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
 use crate::metrics::DeadLetterReason;
 
@@ -46,9 +46,20 @@ pub(crate) struct Batch {
 /// Limits applied while planning.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    /// Of an input message, value and headers.
     pub(crate) max_event_bytes: usize,
     pub(crate) store: StoreLimits,
+    /// The producer's `message.max.bytes`: a delivery job must fit it.
+    pub(crate) max_message_bytes: usize,
 }
+
+/// The bytes of an oversized event's value its dead letter keeps: enough
+/// to tell which event it was.
+pub(crate) const OVERSIZED_VALUE_BYTES: usize = 1024;
+
+/// An oversized event's dead letter keeps the original headers only when
+/// they are this small.
+const OVERSIZED_HEADERS_BYTES: usize = 8 * 1024;
 
 impl Batch {
     /// Decode, match and render every message. `now` is the creation time
@@ -77,12 +88,12 @@ impl Batch {
         limits: Limits,
         now: DateTime<Utc>,
     ) -> Disposition {
-        let size = message.payload().map_or(0, <[u8]>::len);
+        let size = message_size(message);
         if size > limits.max_event_bytes {
             return Disposition::DeadLetter {
                 reason: DeadLetterReason::Oversized,
                 error: format!(
-                    "event is {size} bytes, above the limit of {} bytes",
+                    "event is {size} bytes (value and headers), above the limit of {} bytes",
                     limits.max_event_bytes
                 ),
             };
@@ -112,6 +123,19 @@ impl Batch {
                 n.content = NotificationContent::RenderFailed {
                     error: e.to_string(),
                 };
+            }
+            // Nor can one whose delivery job Kafka would refuse: the job
+            // carries the body, JSON-escaped.
+            if let Some(job) = DeliveryJob::first(&n) {
+                let bytes = job_size(&job);
+                let max = limits.max_message_bytes;
+                if bytes > max {
+                    n.content = NotificationContent::RenderFailed {
+                        error: format!(
+                            "its delivery job would be {bytes} bytes, above the producer's message.max.bytes of {max}"
+                        ),
+                    };
+                }
             }
             self.notifications.push(n);
             self.accepted.push(Accepted::New);
@@ -145,23 +169,67 @@ impl Batch {
     }
 }
 
-/// The headers of a dead letter: the original ones, then why and where
-/// from.
-pub(crate) fn dead_letter_headers(message: &OwnedMessage, error: &str) -> OwnedHeaders {
-    headers::dead_letter(
-        message.headers(),
-        error,
-        message.topic(),
-        message.partition(),
-        message.offset(),
-    )
+/// An input message's size: its value and its headers.
+fn message_size(message: &OwnedMessage) -> usize {
+    let headers = message.headers().map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    message.payload().map_or(0, <[u8]>::len) + headers
+}
+
+/// The bytes a delivery job takes on the deliveries topic: its JSON value,
+/// its key, and the headers ingest and delivery put on it (counted with
+/// [`herald_kafka::HEADROOM_BYTES`]).
+fn job_size(job: &DeliveryJob) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, job).expect("a delivery job serializes");
+    count.0 + job.key().len() + herald_kafka::HEADROOM_BYTES
+}
+
+/// The dead letter of an input message: its value and headers, then why
+/// and where from. An oversized one keeps only the first
+/// [`OVERSIZED_VALUE_BYTES`] of its value, says how large it was
+/// (`herald-original-size`), and keeps its headers only when they are
+/// small: whatever the input, the dead letter fits the producer's limit.
+pub(crate) fn dead_letter(
+    message: &OwnedMessage,
+    reason: DeadLetterReason,
+    error: &str,
+) -> (Option<Vec<u8>>, OwnedHeaders) {
+    let value = message.payload();
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    if reason != DeadLetterReason::Oversized {
+        let hdrs = headers::dead_letter(message.headers(), error, topic, partition, offset);
+        return (value.map(<[u8]>::to_vec), hdrs);
+    }
+    let size = message_size(message);
+    let kept = message
+        .headers()
+        .filter(|_| size - value.map_or(0, <[u8]>::len) <= OVERSIZED_HEADERS_BYTES);
+    let hdrs = headers::dead_letter(kept, error, topic, partition, offset).insert(Header {
+        key: headers::ORIGINAL_SIZE,
+        value: Some(&size.to_string()),
+    });
+    let cut = value.map(|v| v[..v.len().min(OVERSIZED_VALUE_BYTES)].to_vec());
+    (cut, hdrs)
 }
 
 #[cfg(test)]
 mod tests {
     use herald_core::Status;
     use rdkafka::Timestamp;
-    use rdkafka::message::Header;
 
     use super::*;
 
@@ -196,6 +264,7 @@ body = "loan {{subject}} {{data.missing}}"
         Limits {
             max_event_bytes: 2048,
             store: StoreLimits::default(),
+            max_message_bytes: herald_kafka::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -309,12 +378,83 @@ body = "loan {{subject}} {{data.missing}}"
             value: Some("e1"),
         });
         let m = message(42, Some(original), "junk");
-        let h = dead_letter_headers(&m, "bad\nthing");
+        let (value, h) = dead_letter(&m, DeadLetterReason::Undecodable, "bad\nthing");
+        assert_eq!(value.as_deref(), Some(&b"junk"[..]), "the value as it came");
         let get = |name| headers::get(Some(&h), name);
         assert_eq!(get("ce_id"), Some("e1"));
         assert_eq!(get(headers::ERROR), Some("bad thing"));
         assert_eq!(get(headers::ORIGIN_TOPIC), Some("in"));
         assert_eq!(get(headers::ORIGIN_PARTITION), Some("3"));
         assert_eq!(get(headers::ORIGIN_OFFSET), Some("42"));
+        assert_eq!(get(headers::ORIGINAL_SIZE), None);
+    }
+
+    /// Found by reading the code (issue 18): `max_event_bytes` (1 MiB) was
+    /// above the producer's 1,000,000 bytes, and an oversized event's dead
+    /// letter carried the whole event, so it could never be produced: the
+    /// event was dropped and its offset committed. Now the dead letter
+    /// keeps the first KiB and the size, and headers count towards the
+    /// limit.
+    #[test]
+    fn an_oversized_event_is_dead_lettered_cut_with_its_size() {
+        let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
+        let big = format!(r#"{{"id": "{}"}}"#, "x".repeat(5000));
+        // The value fits; with its headers it does not.
+        let fat = OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some(&"t".repeat(1500)),
+        });
+        let messages = vec![
+            message(0, None, &big),
+            message(1, Some(fat), &structured("e1", "bank.loan.disbursed")),
+        ];
+        let batch = Batch::plan(messages, &webhooks, limits(), Utc::now());
+        for (p, size) in batch.planned.iter().zip([big.len(), 0]) {
+            let Disposition::DeadLetter { reason, error } = &p.disposition else {
+                panic!("{:?}", p.disposition);
+            };
+            assert_eq!(*reason, DeadLetterReason::Oversized);
+            assert!(error.contains("above the limit of 2048 bytes"), "{error}");
+            let (value, h) = dead_letter(&p.message, *reason, error);
+            let value = value.unwrap();
+            assert!(value.len() <= OVERSIZED_VALUE_BYTES);
+            assert!(p.message.payload().unwrap().starts_with(&value));
+            let original: usize = headers::get(Some(&h), headers::ORIGINAL_SIZE)
+                .unwrap()
+                .parse()
+                .unwrap();
+            if size > 0 {
+                assert_eq!(original, size);
+            }
+            assert!(original > 2048);
+            let header_bytes: usize = h
+                .iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum();
+            assert!(
+                value.len() + header_bytes < OVERSIZED_VALUE_BYTES + 8 * 1024 + 2048,
+                "bounded whatever the input: {header_bytes} bytes of headers"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_kafka_would_refuse_is_recorded_as_render_failed() {
+        let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
+        let limits = Limits {
+            max_message_bytes: herald_kafka::HEADROOM_BYTES + 100,
+            ..limits()
+        };
+        let batch = Batch::plan(
+            vec![message(0, None, &structured("e1", "bank.loan.repaid"))],
+            &webhooks,
+            limits,
+            Utc::now(),
+        );
+        let NotificationContent::RenderFailed { error } = &batch.notifications[0].content else {
+            panic!("expected render_failed");
+        };
+        assert!(error.contains("above the producer's message.max.bytes"), "{error}");
+        assert_eq!(batch.jobs(0..1).count(), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_core::duration;
-use herald_kafka::KafkaConfig;
+use herald_kafka::{HEADROOM_BYTES, KafkaConfig};
 use herald_store::StoreLimits;
 use herald_store::cql::CqlConfig;
 use serde::Deserialize;
@@ -37,8 +37,10 @@ pub struct IngestConfig {
     #[serde(default = "default_cql")]
     pub cql: CqlConfig,
     /// Size limits of stored records. A rendered body above
-    /// `max_request_body_bytes` is recorded as `render_failed`.
-    #[serde(default)]
+    /// `max_request_body_bytes` is recorded as `render_failed`. Every body
+    /// also travels in a delivery job, so the default is 960 KiB: it has to
+    /// fit the producer's `message.max.bytes` (see [`IngestConfig::validate`]).
+    #[serde(default = "default_store_limits")]
     pub store_limits: StoreLimits,
     /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
     #[serde(default = "default_listen")]
@@ -55,8 +57,10 @@ pub struct IngestConfig {
     /// Longest wait for a batch to fill once its first message arrived.
     #[serde(default = "default_batch_max_wait", with = "duration::text")]
     pub batch_max_wait: Duration,
-    /// Largest input message value accepted, in bytes. A larger one is
-    /// dead-lettered unread.
+    /// Largest input message accepted, value and headers, in bytes. A larger
+    /// one is dead-lettered unread, its value cut to its first KiB, with
+    /// `herald-original-size`. Its dead letter has to fit the producer's
+    /// `message.max.bytes` (see [`IngestConfig::validate`]).
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
     /// First delay before a failed store write is retried.
@@ -121,7 +125,13 @@ fn default_batch_max_wait() -> Duration {
     Duration::from_millis(20)
 }
 fn default_max_event_bytes() -> usize {
-    1024 * 1024
+    960 * 1024
+}
+fn default_store_limits() -> StoreLimits {
+    StoreLimits {
+        max_request_body_bytes: 960 * 1024,
+        ..StoreLimits::default()
+    }
 }
 fn default_retry_initial() -> Duration {
     Duration::from_millis(100)
@@ -217,6 +227,24 @@ impl IngestConfig {
         if self.max_event_bytes == 0 {
             return fail("ingest.max_event_bytes must be at least 1");
         }
+        // What ingest produces must fit the producer's limit, or the
+        // produce fails for good: an event's dead letter carries the event,
+        // and a delivery job carries the body.
+        let producer = self.kafka.max_message_bytes();
+        let fits = producer.saturating_sub(HEADROOM_BYTES);
+        for (key, value) in [
+            ("max_event_bytes", self.max_event_bytes),
+            (
+                "store_limits.max_request_body_bytes",
+                self.store_limits.max_request_body_bytes,
+            ),
+        ] {
+            if value > fits {
+                return Err(IngestError::Config(format!(
+                    "ingest.{key} is {value} bytes, but what ingest produces must fit the producer's message.max.bytes ({producer} bytes, ingest.kafka.client) with {HEADROOM_BYTES} bytes to spare: set it to at most {fits}, or raise message.max.bytes (and the topics' max.message.bytes)"
+                )));
+            }
+        }
         if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
             return fail("ingest.retry_initial must be more than 0s and at most retry_max");
         }
@@ -233,7 +261,27 @@ mod tests {
         let c = IngestConfig::default();
         c.validate().unwrap();
         assert_eq!(c.input_topics, ["banking.events"]);
-        assert_eq!(c.max_event_bytes, 1024 * 1024);
+        assert_eq!(c.max_event_bytes, 960 * 1024);
+    }
+
+    #[test]
+    fn what_ingest_produces_must_fit_the_producer_limit() {
+        let c: IngestConfig = toml::from_str("max_event_bytes = 1048576").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("ingest.max_event_bytes is 1048576 bytes") && e.contains("at most 983616"),
+            "{e}"
+        );
+        let c: IngestConfig =
+            toml::from_str("[store_limits]\nmax_request_body_bytes = 1114112").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("store_limits.max_request_body_bytes"), "{e}");
+        // A larger producer limit allows more.
+        let c: IngestConfig = toml::from_str(
+            "max_event_bytes = 1048576\n[kafka.client]\n\"message.max.bytes\" = \"2000000\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

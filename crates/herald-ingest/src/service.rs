@@ -24,7 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{Batch, Disposition, Limits, dead_letter_headers};
+use crate::batch::{Batch, Disposition, Limits, dead_letter};
 use crate::kafka::IngestConsumerContext;
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::{IngestConfig, IngestError, Result};
@@ -121,6 +121,7 @@ pub async fn start(
             limits: Limits {
                 max_event_bytes: config.max_event_bytes,
                 store: config.store_limits,
+                max_message_bytes: config.kafka.max_message_bytes(),
             },
             deliveries: kafka_topics.deliveries(),
             dead_letters: kafka_topics.ingest_dlq(),
@@ -447,13 +448,16 @@ impl Pipeline {
                         });
                     }
                 }
-                Disposition::DeadLetter { error, .. } => out.push(Outgoing {
-                    topic: self.dead_letters.clone(),
-                    key: p.message.key().map(<[u8]>::to_vec),
-                    payload: p.message.payload().map(<[u8]>::to_vec),
-                    headers: Some(dead_letter_headers(&p.message, error)),
-                    kind: "dead_letter",
-                }),
+                Disposition::DeadLetter { reason, error } => {
+                    let (payload, headers) = dead_letter(&p.message, *reason, error);
+                    out.push(Outgoing {
+                        topic: self.dead_letters.clone(),
+                        key: p.message.key().map(<[u8]>::to_vec),
+                        payload,
+                        headers: Some(headers),
+                        kind: "dead_letter",
+                    });
+                }
                 Disposition::Unmatched { .. } => {}
             }
         }

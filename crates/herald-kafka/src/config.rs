@@ -23,6 +23,15 @@ pub struct KafkaConfig {
     pub client: BTreeMap<String, String>,
 }
 
+/// librdkafka's default `message.max.bytes`: the largest message a Herald
+/// producer sends unless `client` says otherwise.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// What Herald adds to a value it produces (the key, its own headers, a dead
+/// letter's error and origin): every limit on a value Herald produces stays
+/// this far below [`KafkaConfig::max_message_bytes`].
+pub const HEADROOM_BYTES: usize = 16 * 1024;
+
 fn default_bootstrap() -> String {
     "127.0.0.1:9092".into()
 }
@@ -38,6 +47,16 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The largest message the producers send: `message.max.bytes` of
+    /// `client`, or librdkafka's default. A larger one fails at once and
+    /// for good, so Herald's own limits are checked against this.
+    pub fn max_message_bytes(&self) -> usize {
+        self.client
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);

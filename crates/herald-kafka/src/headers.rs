@@ -18,6 +18,9 @@ pub const LAST_ERROR: &str = "herald-last-error";
 pub const HOPS: &str = "herald-hops";
 /// Why a message was dead-lettered.
 pub const ERROR: &str = "herald-error";
+/// The size in bytes (value and headers) of an input message that was
+/// dead-lettered as oversized, with its value cut to its first bytes.
+pub const ORIGINAL_SIZE: &str = "herald-original-size";
 /// Where a dead-lettered message came from.
 pub const ORIGIN_TOPIC: &str = "herald-origin-topic";
 pub const ORIGIN_PARTITION: &str = "herald-origin-partition";

@@ -11,6 +11,6 @@ pub mod offsets;
 pub mod produce;
 pub mod topics;
 
-pub use config::KafkaConfig;
+pub use config::{DEFAULT_MAX_MESSAGE_BYTES, HEADROOM_BYTES, KafkaConfig};
 pub use offsets::OffsetTracker;
 pub use topics::Topics;

@@ -43,10 +43,11 @@ enum Task {
 }
 
 impl Task {
-    fn due_at(&self) -> DateTime<Utc> {
+    /// How long it still waits at wall-clock time `now` (zero: due).
+    fn wait(&self, now: DateTime<Utc>) -> Duration {
         match self {
-            Task::Deliver(job) => job.due_at,
-            Task::Resend { .. } => Utc::now(),
+            Task::Deliver(job) => (job.due_at - now).to_std().unwrap_or(Duration::ZERO),
+            Task::Resend { .. } => Duration::ZERO,
         }
     }
 }
@@ -339,20 +340,22 @@ impl Engine {
             let task = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(task) = rx.recv() => {
-                    let wait = (task.due_at() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                    if !wait.is_zero() {
-                        scheduled.inc();
-                        timers.insert(task, wait);
-                        continue;
-                    }
-                    task
-                }
+                Some(task) = rx.recv() => task,
                 Some(expired) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => {
                     scheduled.dec();
                     expired.into_inner()
                 }
             };
+            // Asked again when a timer fires: timers run on the monotonic
+            // clock and due times are wall-clock times, so after the wall
+            // clock stepped back a timer fires before its due time. Nothing
+            // is sent before its due time: it waits the rest.
+            let wait = task.wait(Utc::now());
+            if !wait.is_zero() {
+                scheduled.inc();
+                timers.insert(task, wait);
+                continue;
+            }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -370,5 +373,41 @@ impl Engine {
             pending_timers = timers.len(),
             "scheduler stopped; pending retries stay due in the store"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    /// Found by reading the code (issue 18): a timer fired on the monotonic
+    /// clock was taken as due, so after a backward step of the wall clock
+    /// an attempt went out before the due time its predecessor recorded.
+    /// The scheduler asks [`Task::wait`] again when a timer fires.
+    #[test]
+    fn a_task_waits_for_its_wall_clock_due_time_whatever_fired_its_timer() {
+        let webhooks = Webhooks::from_toml(
+            "[[webhooks]]\nid = \"w\"\nevents = [\"bank.*\"]\nurl = \"https://example.com/h\"\nbody = '{}'\n",
+        )
+        .unwrap();
+        let event = CloudEvent::from_value(serde_json::json!({
+            "specversion": "1.0", "id": "e1", "source": "/core", "type": "bank.x"
+        }))
+        .unwrap();
+        let t0 = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let n = webhooks.notifications(&event, t0).remove(0);
+        let mut job = DeliveryJob::first(&n).unwrap();
+        job.due_at = t0 + chrono::Duration::seconds(60);
+        let task = Task::Deliver(job);
+        // The timer fired 60 s after scheduling, but the wall clock was
+        // stepped back 5 s meanwhile: 5 s to go.
+        let stepped_back = t0 + chrono::Duration::seconds(55);
+        assert_eq!(task.wait(stepped_back), Duration::from_secs(5));
+        assert_eq!(task.wait(t0 + chrono::Duration::seconds(60)), Duration::ZERO);
+        assert_eq!(task.wait(t0 + chrono::Duration::seconds(61)), Duration::ZERO);
+        let resend = Engine::resend_task(n.id, 1);
+        assert_eq!(resend.wait(t0), Duration::ZERO, "a re-send is due at once");
     }
 }
