@@ -402,7 +402,7 @@ body = "loan {{subject}} {{data.missing}}"
         // The value fits; with its headers it does not.
         let fat = OwnedHeaders::new().insert(Header {
             key: "trace",
-            value: Some(&"t".repeat(1500)),
+            value: Some(&"t".repeat(2000)),
         });
         let messages = vec![
             message(0, None, &big),
@@ -454,7 +454,10 @@ body = "loan {{subject}} {{data.missing}}"
         let NotificationContent::RenderFailed { error } = &batch.notifications[0].content else {
             panic!("expected render_failed");
         };
-        assert!(error.contains("above the producer's message.max.bytes"), "{error}");
+        assert!(
+            error.contains("above the producer's message.max.bytes"),
+            "{error}"
+        );
         assert_eq!(batch.jobs(0..1).count(), 0);
     }
 }

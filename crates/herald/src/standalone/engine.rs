@@ -405,8 +405,14 @@ mod tests {
         // stepped back 5 s meanwhile: 5 s to go.
         let stepped_back = t0 + chrono::Duration::seconds(55);
         assert_eq!(task.wait(stepped_back), Duration::from_secs(5));
-        assert_eq!(task.wait(t0 + chrono::Duration::seconds(60)), Duration::ZERO);
-        assert_eq!(task.wait(t0 + chrono::Duration::seconds(61)), Duration::ZERO);
+        assert_eq!(
+            task.wait(t0 + chrono::Duration::seconds(60)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            task.wait(t0 + chrono::Duration::seconds(61)),
+            Duration::ZERO
+        );
         let resend = Engine::resend_task(n.id, 1);
         assert_eq!(resend.wait(t0), Duration::ZERO, "a re-send is due at once");
     }
