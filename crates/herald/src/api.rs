@@ -538,6 +538,9 @@ async fn resend(state: &ApiState, id: &str) -> Resp {
     }
 }
 
+/// The longest `from..to` of one bulk re-send.
+pub const MAX_BULK_RANGE_DAYS: i64 = 366;
+
 /// Query parameters shared by listing and bulk re-send.
 struct Filter {
     webhook: String,
@@ -665,6 +668,19 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
+    // Bounded, so one request cannot walk centuries of day partitions (the
+    // CQL index has one per webhook and day).
+    let span = f.range.to - f.range.from;
+    if span > chrono::Duration::days(MAX_BULK_RANGE_DAYS) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "range_too_large",
+            &format!(
+                "from..to spans {} days; a bulk re-send covers at most {MAX_BULK_RANGE_DAYS} days: split it into several",
+                span.num_days()
+            ),
+        );
+    }
     match state.backend.bulk_resend(f).await {
         Ok(queued) => json_resp(StatusCode::ACCEPTED, json!({ "queued": queued })),
         Err(e) => e.into_response(),
