@@ -119,11 +119,7 @@ impl Batch {
         for mut n in webhooks.notifications(&event, now) {
             // A body the store would refuse can never be sent as recorded:
             // record why instead, like any other render failure.
-            if let Err(e) = limits.store.check_notification(&n) {
-                n.content = NotificationContent::RenderFailed {
-                    error: e.to_string(),
-                };
-            }
+            limits.store.settle(&mut n);
             // Nor can one whose delivery job Kafka would refuse: the job
             // carries the body, JSON-escaped.
             if let Some(job) = DeliveryJob::first(&n) {

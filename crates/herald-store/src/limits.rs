@@ -27,6 +27,18 @@ impl StoreLimits {
     pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
     pub const DEFAULT_MAX_RESPONSE_EXCERPT_BYTES: usize = 4 * 1024;
 
+    /// Plan a notification the store would refuse as what it is: a
+    /// `render_failed` record that says why, since its body can never be
+    /// sent as recorded. Ingest and standalone both plan with it, so a body
+    /// over the limit is a record, never a refused batch.
+    pub fn settle(&self, n: &mut Notification) {
+        if let Err(e) = self.check_notification(n) {
+            n.content = NotificationContent::RenderFailed {
+                error: e.to_string(),
+            };
+        }
+    }
+
     /// Reject a notification whose body is above the limit.
     pub fn check_notification(&self, n: &Notification) -> Result<()> {
         if n.webhook_id.is_empty() {

@@ -212,6 +212,11 @@ impl SqliteStore {
         .await
     }
 
+    /// The limits every append is checked against.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
     /// Queue a re-send of a notification, durably: the request survives a
     /// crash until [`NotificationStore::record_attempt`] records its attempt.
     /// Returns the request's id. (Standalone's re-sends; Kafka mode queues

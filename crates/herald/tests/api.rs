@@ -144,8 +144,16 @@ async fn start_with(
     shutdown: CancellationToken,
     concurrency: usize,
 ) -> (Api, standalone::Standalone) {
+    start_toml(&definitions(ok, down), shutdown, concurrency).await
+}
+
+async fn start_toml(
+    toml: &str,
+    shutdown: CancellationToken,
+    concurrency: usize,
+) -> (Api, standalone::Standalone) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_api"));
-    let webhooks = Webhooks::from_toml(&definitions(ok, down)).expect("definitions");
+    let webhooks = Webhooks::from_toml(toml).expect("definitions");
     let secrets: HashMap<SecretRef, String> =
         HashMap::from([(SecretRef::Env("TEST_WHSEC".into()), WHSEC.into())]);
     let config = StandaloneConfig {
@@ -555,7 +563,10 @@ async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "range_too_large", "{body}");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("at most 366 days"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 366 days"),
         "{body}"
     );
     let (status, body) = api
@@ -640,6 +651,39 @@ async fn a_resubmission_during_the_first_attempt_sends_nothing_more() {
         .filter(|r| r.header("webhook-id") == Some(id.as_str()))
         .count();
     assert_eq!(sent, 1, "the in-flight notification was sent again");
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// Found by reading the code (issue 15, one plan step for both modes): a
+/// webhook whose `max_body_bytes` allows a body above the store's limit
+/// made standalone answer 503 for the whole batch, where Kafka-mode ingest
+/// stored a `render_failed` record. Both now plan with
+/// `StoreLimits::settle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_store_limit_is_a_render_failed_record_not_a_refused_batch() {
+    let rx = TestReceiver::start().await;
+    let toml = format!(
+        "[[webhooks]]\nid = \"big\"\nevents = [\"bank.*\"]\nurl = \"{}\"\nmax_body_bytes = 4194304\nbody = '{{\"blob\": {{{{json data.blob}}}}}}'\n",
+        rx.url("/big")
+    );
+    let shutdown = CancellationToken::new();
+    let (api, running) = start_toml(&toml, shutdown.clone(), 16).await;
+    let event = json!({"specversion": "1.0", "id": "big-1", "source": "/core", "type": "bank.x",
+                       "data": {"blob": "x".repeat(1200 * 1024)}});
+    let (status, body) = api
+        .call("POST", "/v1/events", Some(TOKEN), Some(event))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["results"][0]["status"], "render_failed", "{body}");
+    let id = body["notifications"][0].as_str().unwrap().to_owned();
+    let (status, record) = api
+        .call("GET", &format!("/v1/notifications/{id}"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["state"]["status"], "render_failed", "{record}");
+    assert!(record.to_string().contains("above"), "says why: {record}");
+    assert!(rx.received().is_empty(), "nothing sent");
     shutdown.cancel();
     running.wait().await;
 }

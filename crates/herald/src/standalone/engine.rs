@@ -197,7 +197,10 @@ impl Engine {
         for (index, value) in events.into_iter().enumerate() {
             let event = CloudEvent::from_value(value)
                 .map_err(|source| AcceptError::Invalid { index, source })?;
-            let created = self.webhooks.notifications(&event, now);
+            let mut created = self.webhooks.notifications(&event, now);
+            for n in &mut created {
+                self.store.limits().settle(n);
+            }
             if created.is_empty() {
                 ingest.event_unmatched(&event.ty);
             } else {
