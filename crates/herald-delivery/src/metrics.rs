@@ -5,9 +5,7 @@
 //! Kafka mode (consumer lag, waiting partitions, tier hops, invalid
 //! messages).
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 /// The delivery metrics. Cheap to clone.
 #[derive(Clone)]
@@ -66,14 +64,8 @@ impl Metrics {
     /// one registry with the ingest metrics). [`Metrics::render`] renders
     /// all of that registry.
     pub fn register(registry: &Registry) -> Self {
-        let registry = registry.clone();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
+        let r = herald_ops::Registrar(registry);
+        let counter = |name: &str, help: &str, labels: &[&str]| r.counters(name, help, labels);
         let attempts = counter(
             "herald_delivery_attempts_total",
             "Delivery attempts, by webhook, outcome and HTTP status class.",
@@ -124,73 +116,46 @@ impl Metrics {
             "Retry-tier messages whose time in their tier was over before they were due, republished unchanged to the tier that fits the rest, by the tier they left.",
             &["tier"],
         );
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let attempt_duration = histogram(
+        let attempt_duration = r.histograms(
             "herald_delivery_attempt_duration_seconds",
             "Duration of one delivery attempt.",
             &["webhook"],
-            vec![
+            &[
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ],
         );
-        let start_delay = histogram(
+        let start_delay = r.histograms(
             "herald_delivery_start_delay_seconds",
             "Time from a job's due time to the start of its attempt.",
             &["trigger"],
-            vec![
+            &[
                 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
             ],
         );
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let in_flight = gauge(
+        let in_flight = r.gauge(
             "herald_delivery_in_flight",
             "Jobs in flight in this process.",
         );
-        let scheduled = gauge(
+        let scheduled = r.gauge(
             "herald_delivery_scheduled",
             "Jobs waiting in this process's memory for their due time (standalone: every scheduled retry and parked attempt; Kafka mode: jobs due within the smallest tier's delay).",
         );
-        let waiting_partitions = gauge(
+        let waiting_partitions = r.gauge(
             "herald_delivery_waiting_partitions",
             "Partitions paused until their head message is due.",
         );
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "herald_delivery_consumer_lag",
-                "Messages not yet committed (high watermark minus committed offset) on the partitions this process owns, by topic.",
-            ),
+        let consumer_lag = r.gauges(
+            "herald_delivery_consumer_lag",
+            "Messages not yet committed (high watermark minus committed offset) on the partitions this process owns, by topic.",
             &["topic"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(consumer_lag.clone()))
-            .expect("unique metric");
-        let circuit_state = IntGaugeVec::new(
-            Opts::new(
-                "herald_delivery_circuit_state",
-                "Circuit breaker state by webhook, as this worker sees it: 0 closed, 1 half-open, 2 open.",
-            ),
+        );
+        let circuit_state = r.gauges(
+            "herald_delivery_circuit_state",
+            "Circuit breaker state by webhook, as this worker sees it: 0 closed, 1 half-open, 2 open.",
             &["webhook"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(circuit_state.clone()))
-            .expect("unique metric");
+        );
         Self {
-            registry,
+            registry: registry.clone(),
             circuit_state,
             circuit_changes,
             parked,

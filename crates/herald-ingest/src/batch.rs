@@ -344,27 +344,34 @@ body = "loan {{subject}} {{data.missing}}"
         );
     }
 
-    #[test]
-    fn a_body_the_store_refuses_is_recorded_as_render_failed() {
+    /// Plan one event for the `crm` webhook under `limits`: the render
+    /// failure its notification was recorded with, having asserted that no
+    /// job is owed for it.
+    fn render_failure(limits: Limits) -> String {
         let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
-        let limits = Limits {
-            store: StoreLimits {
-                max_request_body_bytes: 10,
-                ..StoreLimits::default()
-            },
-            ..limits()
-        };
         let batch = Batch::plan(
             vec![message(0, None, &structured("e1", "bank.loan.repaid"))],
             &webhooks,
             limits,
             Utc::now(),
         );
-        let NotificationContent::RenderFailed { error } = &batch.notifications[0].content else {
-            panic!("expected render_failed");
-        };
-        assert!(error.contains("above the limit"), "{error}");
         assert_eq!(batch.jobs(0..1).count(), 0);
+        match &batch.notifications[0].content {
+            NotificationContent::RenderFailed { error } => error.clone(),
+            other => panic!("expected render_failed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_the_store_refuses_is_recorded_as_render_failed() {
+        let error = render_failure(Limits {
+            store: StoreLimits {
+                max_request_body_bytes: 10,
+                ..StoreLimits::default()
+            },
+            ..limits()
+        });
+        assert!(error.contains("above the limit"), "{error}");
     }
 
     #[test]
@@ -436,24 +443,13 @@ body = "loan {{subject}} {{data.missing}}"
 
     #[test]
     fn a_job_kafka_would_refuse_is_recorded_as_render_failed() {
-        let webhooks = Webhooks::from_toml(WEBHOOKS).unwrap();
-        let limits = Limits {
+        let error = render_failure(Limits {
             max_message_bytes: herald_kafka::HEADROOM_BYTES + 100,
             ..limits()
-        };
-        let batch = Batch::plan(
-            vec![message(0, None, &structured("e1", "bank.loan.repaid"))],
-            &webhooks,
-            limits,
-            Utc::now(),
-        );
-        let NotificationContent::RenderFailed { error } = &batch.notifications[0].content else {
-            panic!("expected render_failed");
-        };
+        });
         assert!(
             error.contains("above the producer's message.max.bytes"),
             "{error}"
         );
-        assert_eq!(batch.jobs(0..1).count(), 0);
     }
 }

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 use tracing::{debug, warn};
 
 /// Why an input message went to the dead-letter topic.
@@ -60,25 +58,8 @@ impl Metrics {
     /// registry with the delivery metrics). [`Metrics::render`] renders all
     /// of that registry.
     pub fn register(registry: &Registry) -> Self {
-        let registry = registry.clone();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
+        let r = herald_ops::Registrar(registry);
+        let counter = |name: &str, help: &str, labels: &[&str]| r.counters(name, help, labels);
         let events = counter(
             "herald_ingest_events_total",
             "Input messages processed, by outcome: matched, unmatched, or dead_lettered.",
@@ -101,15 +82,7 @@ impl Metrics {
             "Notifications recorded as render_failed, by webhook.",
             &["webhook"],
         );
-        let plain = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let store_write = plain(
+        let store_write = r.histogram(
             "herald_ingest_store_write_seconds",
             "Duration of one successful store append of a batch of notifications.",
             LATENCY_BUCKETS,
@@ -119,7 +92,7 @@ impl Metrics {
             "Failed store appends, by whether they are retried.",
             &["retriable"],
         );
-        let produce = histogram(
+        let produce = r.histograms(
             "herald_ingest_produce_seconds",
             "Time from enqueueing a message to its acknowledgement by Kafka, by topic kind.",
             &["kind"],
@@ -130,24 +103,18 @@ impl Metrics {
             "Messages librdkafka gave up on (they are produced again), by topic kind.",
             &["kind"],
         );
-        let batches = plain(
+        let batches = r.histogram(
             "herald_ingest_batch_events",
             "Input messages per processed batch.",
             &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
         );
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "herald_ingest_consumer_lag",
-                "Messages between the committed offset and the end of each assigned input partition.",
-            ),
+        let lag = r.gauges(
+            "herald_ingest_consumer_lag",
+            "Messages between the committed offset and the end of each assigned input partition.",
             &["topic", "partition"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(lag.clone()))
-            .expect("unique metric");
+        );
         Self {
-            registry,
+            registry: registry.clone(),
             events,
             notifications,
             render_failures,

@@ -4,7 +4,8 @@
 //!   ops endpoints alike: a connection cap, a header-read timeout, and a
 //!   graceful close of every connection on shutdown;
 //! - [`endpoints`]: `/metrics`, `/healthz` and `/readyz`;
-//! - [`render`]: a registry in the Prometheus text format;
+//! - [`Registrar`] and [`render`]: metrics declared into a registry, and
+//!   the registry in the Prometheus text format;
 //! - [`Backoff`]: when to retry an operation on the infrastructure (the
 //!   store, the broker); *whether* is the error's to say.
 
@@ -23,7 +24,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -181,6 +186,47 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// Declares metrics into one registry. A name or label set that is not
+/// valid, or a name declared twice, is a programming error: it panics at
+/// start-up, where every metric is declared.
+#[derive(Clone, Copy)]
+pub struct Registrar<'a>(pub &'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
+    pub fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    pub fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    pub fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 /// Every metric of `registry`, in the Prometheus text format.

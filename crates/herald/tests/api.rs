@@ -552,14 +552,16 @@ async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
     }
     // A bulk range of centuries would walk a day partition per day: 400,
     // saying the limit; a year is fine.
-    let (status, body) = api
-        .call(
+    let bulk = async |from: &str, to: &str| {
+        api.call(
             "POST",
             "/v1/notifications/resend",
             Some(TOKEN),
-            Some(json!({"webhook": "loans", "from": "1900-01-01T00:00:00Z", "to": "2900-01-01T00:00:00Z"})),
+            Some(json!({"webhook": "loans", "from": from, "to": to})),
         )
-        .await;
+        .await
+    };
+    let (status, body) = bulk("1900-01-01T00:00:00Z", "2900-01-01T00:00:00Z").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "range_too_large", "{body}");
     assert!(
@@ -569,14 +571,7 @@ async fn the_api_answers_caller_mistakes_with_4xx_and_bounds_slow_clients() {
             .contains("at most 366 days"),
         "{body}"
     );
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/notifications/resend",
-            Some(TOKEN),
-            Some(json!({"webhook": "loans", "from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"})),
-        )
-        .await;
+    let (status, body) = bulk("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z").await;
     assert_eq!(status, 202, "{body}");
     // A head that never ends: the connection is closed after the
     // header-read timeout, not held.
