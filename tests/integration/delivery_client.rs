@@ -1,12 +1,14 @@
 //! The guarded HTTP sender against a real receiver on loopback: outcomes,
-//! statuses, timeouts, refused connections, redirects and the SSRF guard.
+//! statuses, timeouts, refused connections, redirects, the SSRF guard, and
+//! names looked up through a real DNS server on loopback.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::Outcome;
-use herald_delivery::{HttpSender, SenderConfig, SsrfGuard};
-use herald_tests::{Reply, TestReceiver};
+use herald_delivery::{DnsConfig, HttpSender, SenderConfig, SsrfGuard};
+use herald_tests::{Reply, StubDns, TestReceiver};
 
 fn sender(guard: SsrfGuard) -> HttpSender {
     HttpSender::new(SenderConfig {
@@ -178,4 +180,130 @@ async fn ssrf_guard_refuses_internal_addresses_before_connecting() {
         got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
         ["/allowed"]
     );
+}
+
+/// A sender that looks names up at `dns` and may reach loopback only.
+fn resolving_at(dns: &StubDns) -> HttpSender {
+    HttpSender::new(SenderConfig {
+        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
+        dns: DnsConfig::Servers(vec![dns.addr()]),
+        ..SenderConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn names_resolve_at_the_configured_server_and_every_answer_passes_the_guard() {
+    let rx = TestReceiver::start().await;
+    let dns = StubDns::start().await;
+    dns.answer("hook.herald.test", &[Ipv4Addr::LOCALHOST]);
+    // A rebinding answer: one allowed address next to an internal one.
+    dns.answer(
+        "mixed.herald.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 0, 7)],
+    );
+    let s = resolving_at(&dns);
+    let port = rx.addr().port();
+    let send = |host: &str, path: &str| {
+        let url = format!("http://{host}:{port}{path}");
+        let s = s.clone();
+        async move {
+            s.send("POST", &url, &[], Bytes::from_static(b"{}"), TIMEOUT)
+                .await
+        }
+    };
+
+    let ok = send("hook.herald.test", "/named").await;
+    assert_eq!(ok.outcome, Outcome::Success, "{ok:?}");
+
+    let mixed = send("mixed.herald.test", "/mixed").await;
+    assert_eq!(mixed.outcome, Outcome::Refused, "{mixed:?}");
+    let err = mixed.error.unwrap();
+    assert!(
+        err.contains("ssrf guard refused") && err.contains("10.0.0.7"),
+        "{err}"
+    );
+
+    let unknown = send("nowhere.herald.test", "/unknown").await;
+    assert_eq!(unknown.outcome, Outcome::ConnectionError, "{unknown:?}");
+    assert!(
+        unknown.error.as_deref().unwrap().contains("dns: "),
+        "{unknown:?}"
+    );
+
+    // The lookups went to the server; only the allowed answer was dialled.
+    let asked: Vec<String> = dns.queries().into_iter().map(|q| q.name).collect();
+    for name in [
+        "hook.herald.test",
+        "mixed.herald.test",
+        "nowhere.herald.test",
+    ] {
+        assert!(
+            asked.iter().any(|a| a == name),
+            "{name} not asked: {asked:?}"
+        );
+    }
+    let got = rx.received();
+    assert_eq!(
+        got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/named"]
+    );
+}
+
+/// A name server that never answers costs an attempt its timeout and
+/// nothing more. The lookup is a future the deadline drops, not a C library
+/// call on a blocking thread: here the runtime's only blocking thread is
+/// taken for the whole test, and names still resolve, before and after a
+/// lookup that hung.
+#[test]
+fn a_silent_name_server_costs_the_attempt_timeout_and_holds_no_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (taken, is_taken) = tokio::sync::oneshot::channel();
+        let blocker = tokio::task::spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = held.recv();
+        });
+        is_taken.await.unwrap();
+
+        let rx = TestReceiver::start().await;
+        let dns = StubDns::start().await;
+        let s = resolving_at(&dns);
+        let url = |path: &str| format!("http://hook.herald.test:{}{path}", rx.addr().port());
+        let short = Duration::from_millis(300);
+
+        dns.set_silent(true);
+        let hung = s
+            .send("POST", &url("/hung"), &[], Bytes::new(), short)
+            .await;
+        assert_eq!(hung.outcome, Outcome::Timeout, "{hung:?}");
+        assert_eq!(
+            hung.error.as_deref(),
+            Some("no complete response within 300ms")
+        );
+        let asked = tokio::time::timeout(TIMEOUT, dns.wait_for_queries(1))
+            .await
+            .expect("the lookup reached the name server");
+        assert_eq!(asked[0].name, "hook.herald.test");
+
+        dns.answer("hook.herald.test", &[Ipv4Addr::LOCALHOST]);
+        dns.set_silent(false);
+        let ok = s
+            .send("POST", &url("/answered"), &[], Bytes::new(), TIMEOUT)
+            .await;
+        assert_eq!(ok.outcome, Outcome::Success, "{ok:?}");
+        let got = rx.received();
+        assert_eq!(
+            got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            ["/answered"]
+        );
+
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+    });
 }

@@ -1,15 +1,13 @@
 //! The HTTP sender: a pooled hyper client (rustls, HTTP/1.1 and HTTP/2) that
-//! resolves names through the SSRF guard and connects only to the addresses
-//! it checked, never follows redirects, bounds every attempt by a timeout and
-//! reads at most a bounded excerpt of the response.
+//! resolves names through the SSRF guard (asynchronously, so the attempt's
+//! timeout cancels a lookup too), connects only to the addresses it checked,
+//! never follows redirects, bounds every attempt by a timeout and reads at
+//! most a bounded excerpt of the response.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,10 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
-use tower_service::Service;
 
+use crate::dns::{DnsConfig, GuardedResolver};
 use crate::ssrf::{SsrfGuard, SsrfRefused};
 
 /// Longest error text of an attempt (the store bounds it again).
@@ -42,6 +39,8 @@ pub struct SenderConfig {
     pub max_idle_per_host: usize,
     /// `User-Agent` sent with every request.
     pub user_agent: String,
+    /// Where webhook hosts are looked up.
+    pub dns: DnsConfig,
 }
 
 impl Default for SenderConfig {
@@ -53,6 +52,7 @@ impl Default for SenderConfig {
             // idle slots close connections that are about to be reused.
             max_idle_per_host: 256,
             user_agent: concat!("Herald/", env!("CARGO_PKG_VERSION")).to_owned(),
+            dns: DnsConfig::System,
         }
     }
 }
@@ -83,9 +83,8 @@ pub struct HttpSender {
 impl HttpSender {
     pub fn new(config: SenderConfig) -> Self {
         let guard = Arc::new(config.ssrf.clone());
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-            guard: guard.clone(),
-        });
+        let mut http =
+            HttpConnector::new_with_resolver(GuardedResolver::new(&config.dns, guard.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -332,41 +331,6 @@ fn classify_error(error: &hyper_util::client::legacy::Error, started: Instant) -
         error: Some(one_line(&format!("{kind}: {detail}"), MAX_ERROR_BYTES)),
         response_excerpt: None,
         retry_after: None,
-    }
-}
-
-/// Resolves names with the system resolver and returns only addresses the
-/// SSRF guard accepts, so the connector dials exactly what was checked.
-#[derive(Clone)]
-struct GuardedResolver {
-    guard: Arc<SsrfGuard>,
-}
-
-impl Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs = tokio::task::spawn_blocking(move || {
-                (host.as_str(), 0).to_socket_addrs().map(Vec::from_iter)
-            })
-            .await
-            .map_err(io::Error::other)??;
-            // One forbidden answer refuses the name: DNS rebinding tricks mix
-            // a public and an internal address.
-            for addr in &addrs {
-                guard.check(addr.ip()).map_err(io::Error::other)?;
-            }
-            Ok(addrs.into_iter())
-        })
     }
 }
 

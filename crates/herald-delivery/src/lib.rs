@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod circuit;
 pub mod client;
+pub mod dns;
 pub mod metrics;
 pub mod pipeline;
 pub mod resend_lock;
@@ -15,6 +16,7 @@ pub mod ssrf;
 pub use attempt::{AttemptPlan, AttemptResult, Deliverer};
 pub use circuit::CircuitBoard;
 pub use client::{HttpSender, SendResult, SenderConfig};
+pub use dns::DnsConfig;
 pub use metrics::Metrics;
 pub use pipeline::{NextHops, Pipeline};
 pub use resend_lock::ResendLocks;
