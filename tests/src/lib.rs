@@ -1,12 +1,13 @@
 //! The harness every integration test shares: finding the real infrastructure
 //! (or skipping loudly without it), unique resource names, one scriptable
-//! HTTP receiver, a scriptable DNS server, waiting with a deadline, the bootstrap venv's Python for
+//! HTTP receiver, a scriptable DNS server, a throw-away PKI, waiting with a deadline, the bootstrap venv's Python for
 //! interop tests, and a Kafka-mode world (topics,
 //! keyspace, store, producer, an in-process delivery service) per test.
 
 pub mod dns;
 pub mod infra;
 pub mod kafka_world;
+pub mod pki;
 pub mod poll;
 pub mod python;
 pub mod receiver;

@@ -1,6 +1,8 @@
 //! One fake webhook receiver for every test: a real hyper server on a
-//! loopback port whose replies the test scripts (status, delay, dropped
-//! connection), and which records everything it received.
+//! loopback port, plain or TLS (optionally requiring client certificates),
+//! whose replies the test scripts (status, delay, dropped connection), and
+//! which records everything it received, with the connection it came on
+//! and the client certificate presented there.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,6 +60,10 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub at: SystemTime,
+    /// The connection it came on, numbered from 1 in accept order.
+    pub connection: u64,
+    /// The client certificate presented on that connection (DER), if any.
+    pub client_certificate: Option<Bytes>,
 }
 
 impl Received {
@@ -103,6 +109,17 @@ pub struct TestReceiver {
 impl TestReceiver {
     /// Start a receiver on 127.0.0.1:0 that answers 200 unless scripted.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// The same over TLS: `config` holds the server's certificate, and a
+    /// client certificate verifier when the receiver requires one. A
+    /// failed handshake records nothing.
+    pub async fn start_tls(config: rustls::ServerConfig) -> Self {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test receiver");
@@ -113,17 +130,36 @@ impl TestReceiver {
         let count_tx = Arc::new(count_tx);
         let (s, r) = (script.clone(), received.clone());
         let task = tokio::spawn(async move {
+            let mut accepted = 0u64;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (s, r, c) = (s.clone(), r.clone(), count_tx.clone());
+                accepted += 1;
+                let (s, r, c, tls) = (s.clone(), r.clone(), count_tx.clone(), tls.clone());
+                let connection = accepted;
                 tokio::spawn(async move {
-                    let service =
-                        service_fn(move |req| handle(req, s.clone(), r.clone(), c.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let Some(tls) = tls else {
+                        let on = On {
+                            connection,
+                            client_certificate: None,
+                        };
+                        return serve_connection(TokioIo::new(stream), on, s, r, c).await;
+                    };
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let client_certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| Bytes::copy_from_slice(c.as_ref()));
+                    let on = On {
+                        connection,
+                        client_certificate,
+                    };
+                    serve_connection(TokioIo::new(stream), on, s, r, c).await;
                 });
             }
         });
@@ -143,6 +179,11 @@ impl TestReceiver {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `https://<host>:<port><path>`, for a receiver started with TLS.
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.addr.port())
     }
 
     /// Queue replies for the next requests, in order.
@@ -199,8 +240,40 @@ impl Drop for TestReceiver {
     }
 }
 
+/// Where a request came from: its connection and that connection's client
+/// certificate.
+#[derive(Clone)]
+struct On {
+    connection: u64,
+    client_certificate: Option<Bytes>,
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    on: On,
+    script: Arc<Mutex<Script>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    count: Arc<watch::Sender<usize>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        handle(
+            req,
+            on.clone(),
+            script.clone(),
+            received.clone(),
+            count.clone(),
+        )
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
 async fn handle(
     req: Request<Incoming>,
+    on: On,
     script: Arc<Mutex<Script>>,
     received: Arc<Mutex<Vec<Received>>>,
     count: Arc<watch::Sender<usize>>,
@@ -230,6 +303,8 @@ async fn handle(
             .collect(),
         body,
         at: SystemTime::now(),
+        connection: on.connection,
+        client_certificate: on.client_certificate,
     };
     // Choose the reply and record the request under one lock, so the n-th
     // recorded request is the one that got the n-th scripted reply.

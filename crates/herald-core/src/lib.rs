@@ -25,4 +25,4 @@ pub use render::{BodyFormat, RenderError};
 pub use retry::{AttemptReport, Decision, ExhaustedReason, RetryPolicy, Tier, TierStep, Tiers};
 pub use secret::{SecretError, SecretRef, SecretSource, SecretValue};
 pub use signing::{SignatureHeaders, SigningError, SigningSecret};
-pub use webhook::{DefinitionError, DefinitionErrors, Webhook, Webhooks};
+pub use webhook::{DefinitionError, DefinitionErrors, TlsMaterial, Webhook, Webhooks};

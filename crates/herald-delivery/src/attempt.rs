@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use herald_core::retry::parse_retry_after;
 use herald_core::{
     Attempt, AttemptReport, Decision, ExhaustedReason, NotificationId, Outcome, RenderedRequest,
-    SecretSource, Tiers, Trigger, Webhooks, signing,
+    SecretSource, Tiers, TlsMaterial, Trigger, Webhooks, signing,
 };
 use uuid::Uuid;
 
@@ -83,10 +83,15 @@ impl Deliverer {
     pub async fn attempt(&self, plan: &AttemptPlan<'_>) -> AttemptResult {
         let started_at = Utc::now();
         let result = match self.prepare(plan, started_at) {
-            Ok((headers, timeout)) => {
+            Ok(Prepared {
+                headers,
+                timeout,
+                tls,
+            }) => {
                 let body = Bytes::copy_from_slice(plan.request.body.as_bytes());
                 self.sender
-                    .send(
+                    .send_as(
+                        tls.as_ref(),
                         plan.request.method.as_str(),
                         &plan.request.url,
                         &headers,
@@ -149,12 +154,10 @@ impl Deliverer {
         AttemptResult { attempt, decision }
     }
 
-    /// Headers to send (secrets resolved, signature added) and the timeout.
-    fn prepare(
-        &self,
-        plan: &AttemptPlan<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<(String, String)>, Duration), String> {
+    /// Headers to send (secrets resolved, signature added), the timeout and
+    /// the TLS identity, all resolved now: a secret replaced on disk is used
+    /// by the next attempt.
+    fn prepare(&self, plan: &AttemptPlan<'_>, now: DateTime<Utc>) -> Result<Prepared, String> {
         let webhook = self
             .webhooks
             .get(plan.webhook_id)
@@ -180,6 +183,21 @@ impl Deliverer {
                 plan.notification_id.to_string(),
             ));
         }
-        Ok((headers, webhook.timeout))
+        let tls = self
+            .webhooks
+            .tls_material(webhook, self.secrets.as_ref())
+            .map_err(|e| e.to_string())?;
+        Ok(Prepared {
+            headers,
+            timeout: webhook.timeout,
+            tls,
+        })
     }
+}
+
+/// What [`Deliverer::prepare`] resolved for one attempt.
+struct Prepared {
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    tls: Option<TlsMaterial>,
 }

@@ -4,23 +4,26 @@
 //! never follows redirects, bounds every attempt by a timeout and reads at
 //! most a bounded excerpt of the response.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use herald_core::Outcome;
 use herald_core::text::one_line;
+use herald_core::{Outcome, TlsMaterial};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::ServerName;
 
 use crate::dns::{DnsConfig, GuardedResolver};
 use crate::ssrf::{SsrfGuard, SsrfRefused};
+use crate::tls::{self, IdentityKey};
 
 /// Longest error text of an attempt (the store bounds it again).
 pub const MAX_ERROR_BYTES: usize = 1024;
@@ -71,11 +74,22 @@ pub struct SendResult {
 }
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type PooledClient = Client<Connector, Full<Bytes>>;
+
+/// TLS identities other than the default kept at once; beyond it the
+/// least recently used one (and its idle connections) is dropped.
+const MAX_IDENTITIES: usize = 256;
 
 /// A pooled, SSRF-guarded HTTP client. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpSender {
-    client: Client<Connector, Full<Bytes>>,
+    /// The default identity: public roots, no client certificate.
+    client: PooledClient,
+    /// One pool per other TLS identity, so connections are never shared
+    /// across identities. Keyed by a digest of the material: a certificate
+    /// replaced on disk is a new identity on the next attempt.
+    identities: Arc<Mutex<HashMap<IdentityKey, (PooledClient, u64)>>>,
+    resolver: GuardedResolver,
     guard: Arc<SsrfGuard>,
     config: Arc<SenderConfig>,
 }
@@ -83,32 +97,65 @@ pub struct HttpSender {
 impl HttpSender {
     pub fn new(config: SenderConfig) -> Self {
         let guard = Arc::new(config.ssrf.clone());
-        let mut http =
-            HttpConnector::new_with_resolver(GuardedResolver::new(&config.dns, guard.clone()));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let resolver = GuardedResolver::new(&config.dns, guard.clone());
         // TLS verification is always on: webpki roots, no opt-out.
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.max_idle_per_host)
-            .build(https);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = pooled(&config, resolver.clone(), tls, None);
         Self {
             client,
+            identities: Arc::default(),
+            resolver,
             guard,
             config: Arc::new(config),
         }
     }
 
-    /// Send one request and classify what happened. Never panics, never
-    /// returns early without a result: every attempt has an outcome.
+    /// The pool of a TLS identity, built on first use.
+    fn identity(&self, material: &TlsMaterial) -> Result<PooledClient, String> {
+        let key = tls::identity_key(material);
+        let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        let tick = identities.values().map(|(_, t)| *t).max().unwrap_or(0) + 1;
+        if let Some((client, used)) = identities.get_mut(&key) {
+            *used = tick;
+            return Ok(client.clone());
+        }
+        let (config, server_name) = tls::client_config(material)?;
+        let client = pooled(&self.config, self.resolver.clone(), config, server_name);
+        if identities.len() >= MAX_IDENTITIES
+            && let Some(oldest) = identities
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+        {
+            identities.remove(&oldest);
+        }
+        identities.insert(key, (client.clone(), tick));
+        Ok(client)
+    }
+
+    /// [`HttpSender::send_as`] with the default TLS identity.
     pub async fn send(
         &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> SendResult {
+        self.send_as(None, method, url, headers, body, timeout)
+            .await
+    }
+
+    /// Send one request as `tls` (the default identity when `None`) and
+    /// classify what happened. Never panics, never returns early without a
+    /// result: every attempt has an outcome.
+    pub async fn send_as(
+        &self,
+        tls: Option<&TlsMaterial>,
         method: &str,
         url: &str,
         headers: &[(String, String)],
@@ -120,11 +167,18 @@ impl HttpSender {
             Ok(r) => r,
             Err(error) => return refused(error, started),
         };
+        let client = match tls {
+            None => self.client.clone(),
+            Some(material) => match self.identity(material) {
+                Ok(client) => client,
+                Err(error) => return refused(error, started),
+            },
+        };
         let max = self.config.max_response_excerpt;
         // One deadline for the whole exchange. It bounds the wait for the
         // response head; the excerpt is then read only until the same deadline.
         let deadline = tokio::time::Instant::now() + timeout;
-        let head = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+        let head = tokio::time::timeout_at(deadline, client.request(request)).await;
         match head {
             Err(_) => SendResult {
                 outcome: Outcome::Timeout,
@@ -213,6 +267,31 @@ impl HttpSender {
     }
 }
 
+/// A pooled client that dials through `resolver` and speaks TLS as `tls`.
+fn pooled(
+    config: &SenderConfig,
+    resolver: GuardedResolver,
+    tls: rustls::ClientConfig,
+    server_name: Option<ServerName<'static>>,
+) -> PooledClient {
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match server_name {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    let https = builder.enable_all_versions().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(config.max_idle_per_host)
+        .build(https)
+}
+
 /// What a response head says, bounded: every string a receiver supplies is
 /// cut here, before it reaches a record, a log line or a retry job (hyper
 /// takes heads of hundreds of KB, and obs-text bytes triple in size as
@@ -285,24 +364,29 @@ fn refused(error: String, started: Instant) -> SendResult {
 fn classify_error(error: &hyper_util::client::legacy::Error, started: Instant) -> SendResult {
     let mut chain = Vec::new();
     let mut ssrf = None;
-    let mut tls = false;
+    let mut tls = None;
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
         chain.push(e.to_string());
-        // The resolver's refusal arrives wrapped in an io::Error, whose
-        // `source()` skips the wrapped error itself.
-        let inner = e
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn StdError + 'static));
-        if let Some(s) = [Some(e), inner]
-            .into_iter()
-            .flatten()
-            .find_map(|x| x.downcast_ref::<SsrfRefused>())
-        {
-            ssrf = Some(s.to_string());
+        // The resolver's refusal and rustls' errors arrive wrapped in
+        // io::Errors (hyper-rustls wraps tokio-rustls' io::Error in another),
+        // whose `source()` skips the wrapped error itself: unwrap them all.
+        let mut x = Some(e);
+        while let Some(layer) = x {
+            if let Some(s) = layer.downcast_ref::<SsrfRefused>() {
+                ssrf = Some(s.to_string());
+            }
+            if let Some(t) = layer.downcast_ref::<rustls::Error>() {
+                tls = Some(tls::reason(t));
+            }
+            x = layer
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|i| i as &(dyn StdError + 'static));
         }
-        tls |= e.downcast_ref::<rustls::Error>().is_some();
+        if tls.is_none() {
+            tls = tls::reason_in_text(chain.last().map_or("", String::as_str));
+        }
         source = e.source();
     }
     if let Some(msg) = ssrf {
@@ -314,15 +398,15 @@ fn classify_error(error: &hyper_util::client::legacy::Error, started: Instant) -
     } else {
         chain.join(": ")
     };
-    let outcome = if tls {
+    let outcome = if tls.is_some() {
         Outcome::TlsError
     } else {
         Outcome::ConnectionError
     };
-    let kind = if error.is_connect() {
-        "connect failed"
-    } else {
-        "connection failed"
+    let kind = match (tls, error.is_connect()) {
+        (Some(reason), _) => format!("tls {reason}"),
+        (None, true) => "connect failed".to_owned(),
+        (None, false) => "connection failed".to_owned(),
     };
     SendResult {
         outcome,

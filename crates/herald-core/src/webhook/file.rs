@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::tls::RawTls;
 use crate::render::BodyFormat;
 use crate::secret::SecretRef;
 
@@ -129,6 +130,7 @@ pub(super) struct RawWebhook {
     pub(super) retry: RawRetry,
     #[serde(default)]
     pub(super) circuit: RawCircuit,
+    pub(super) tls: Option<RawTls>,
 }
 
 pub(super) fn yes() -> bool {

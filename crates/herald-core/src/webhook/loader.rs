@@ -129,6 +129,7 @@ impl Loader {
                 );
             }
             self.url_shape(&format!("{at}.url"), &w.url);
+            let tls = self.tls(&at, &w.url, w.tls.as_ref(), &raw.secrets);
             let headers = self.headers(&at, &w.headers, &raw.secrets);
             for (i, name) in w.signing_secrets.iter().enumerate() {
                 if !raw.secrets.contains_key(name) {
@@ -160,6 +161,7 @@ impl Loader {
                 max_body_bytes,
                 retry,
                 circuit,
+                tls,
                 signing_secrets: w.signing_secrets,
             };
             self.compile(&mut engines, &at, &webhook);

@@ -30,6 +30,9 @@ mod hash;
 mod loader;
 #[cfg(test)]
 mod tests;
+mod tls;
+
+pub use tls::{ClientIdentity, Roots, TlsMaterial, TlsSettings};
 
 use file::RawFile;
 use loader::Loader;
@@ -145,6 +148,9 @@ pub struct Webhook {
     /// The endpoint's circuit breaker. Not part of `template_hash`: it
     /// changes when a request is sent, never what is sent.
     pub circuit: CircuitConfig,
+    /// How the receiver is verified and who Herald is to it (mutual TLS).
+    /// Not part of `template_hash` either: it changes how, not what, is sent.
+    pub tls: TlsSettings,
     /// Names of entries in `[secrets]`; all of them sign each request.
     pub signing_secrets: Vec<String>,
     /// sha256 (hex) of the canonical form of the resolved definition.

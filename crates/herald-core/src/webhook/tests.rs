@@ -662,3 +662,62 @@ proptest! {
         prop_assert_ne!(a, NotificationId::derive(&source, &id, &format!("{webhook}x")));
     }
 }
+
+#[test]
+fn tls_settings_are_validated_and_resolved_by_reference() {
+    let file = |tls: &str, url: &str| {
+        format!(
+            "[secrets]\nca = {{ file = \"/run/ca.pem\" }}\ncrt = {{ env = \"CRT\" }}\nkey = {{ env = \"KEY\" }}\n\
+             [[webhooks]]\nid = \"w\"\nevents = [\"*\"]\nurl = \"{url}\"\nbody = '{{}}'\n[webhooks.tls]\n{tls}\n"
+        )
+    };
+    let https = "https://receiver.bank.test/hook";
+    assert_eq!(
+        errors(&file("roots = \"custom\"\nclient_cert = \"crt\"", https)),
+        [
+            "webhooks.w.tls.ca: roots = \"custom\" needs a ca bundle (a [secrets] name)",
+            "webhooks.w.tls.client_key: client_cert needs a client_key",
+        ]
+    );
+    assert_eq!(
+        errors(&file(
+            "roots = \"public\"\nca = \"ca\"\nclient_key = \"nope\"\nserver_name = \"a b\"",
+            "http://receiver.bank.test/"
+        )),
+        [
+            "webhooks.w.tls: TLS settings need an https:// url (the url is http://)",
+            "webhooks.w.tls.client_key: unknown secret \"nope\": declare it in [secrets]",
+            "webhooks.w.tls.roots: roots = \"public\" ignores the ca bundle: use \"custom\" or \"both\"",
+            "webhooks.w.tls.client_cert: client_key needs a client_cert",
+            "webhooks.w.tls.server_name: must be a DNS name or an IP address",
+        ]
+    );
+    assert_eq!(
+        errors(&file("roots = \"none\"", https)),
+        ["webhooks.w.tls.roots: unknown roots \"none\": use \"public\", \"custom\" or \"both\""]
+    );
+
+    // A ca alone means the public roots and the bundle.
+    let set = Webhooks::from_toml(&file(
+        "ca = \"ca\"\nclient_cert = \"crt\"\nclient_key = \"key\"",
+        https,
+    ))
+    .unwrap();
+    let w = set.get("w").unwrap();
+    assert_eq!(w.tls.roots, Roots::Both);
+    let source = HashMap::from([
+        (SecretRef::File("/run/ca.pem".into()), "CA PEM".to_owned()),
+        (SecretRef::Env("CRT".into()), "CERT PEM".to_owned()),
+        (SecretRef::Env("KEY".into()), "KEY PEM".to_owned()),
+    ]);
+    let m = set.tls_material(w, &source).unwrap().unwrap();
+    assert_eq!(m.ca_pem.as_ref().map(|c| c.expose()), Some("CA PEM"));
+    let (cert, key) = m.client.as_ref().unwrap();
+    assert_eq!((cert.expose(), key.expose()), ("CERT PEM", "KEY PEM"));
+    assert!(!format!("{m:?}").contains("PEM"), "{m:?}");
+    // Not what is sent: the template hash ignores it.
+    let plain = Webhooks::from_toml(&file("", https).replace("[webhooks.tls]\n", "")).unwrap();
+    let plain = plain.get("w").unwrap();
+    assert_eq!(plain.template_hash, w.template_hash);
+    assert!(set.tls_material(plain, &source).unwrap().is_none());
+}
