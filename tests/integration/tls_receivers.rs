@@ -48,6 +48,20 @@ impl Drop for Files {
 /// `[secrets]` naming every PEM file in `files` by its stem and extension
 /// (`ca.pem` is `ca_pem`), then the webhooks.
 fn deliverer(files: &Files, webhooks: &str) -> Deliverer {
+    let sender = HttpSender::new(SenderConfig {
+        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
+        ..SenderConfig::default()
+    });
+    let secrets: Arc<dyn SecretSource + Send + Sync> = Arc::new(EnvAndFileSecrets);
+    Deliverer::new(
+        sender,
+        definitions(files, webhooks),
+        secrets,
+        Tiers::default(),
+    )
+}
+
+fn definitions(files: &Files, webhooks: &str) -> Arc<Webhooks> {
     let mut toml = String::from("[secrets]\n");
     for entry in std::fs::read_dir(&files.0).unwrap() {
         let path = entry.unwrap().path();
@@ -62,13 +76,7 @@ fn deliverer(files: &Files, webhooks: &str) -> Deliverer {
         ));
     }
     toml.push_str(webhooks);
-    let webhooks = Arc::new(Webhooks::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}")));
-    let sender = HttpSender::new(SenderConfig {
-        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
-        ..SenderConfig::default()
-    });
-    let secrets: Arc<dyn SecretSource + Send + Sync> = Arc::new(EnvAndFileSecrets);
-    Deliverer::new(sender, webhooks, secrets, Tiers::default())
+    Arc::new(Webhooks::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}")))
 }
 
 fn webhook(id: &str, url: &str, tls: &str) -> String {
@@ -319,4 +327,58 @@ async fn two_identities_to_one_host_never_share_a_connection() {
         "{} connections",
         by_connection.len()
     );
+}
+
+#[test]
+fn days_left_on_a_client_certificate_are_a_metric_read_at_each_scrape() {
+    let ca = TestCa::new("Bank Private CA");
+    let files = Files::new();
+    files.write("ca.pem", &ca.pem());
+    let in_days = |days: i64| {
+        let d = chrono::Utc::now().date_naive() + chrono::Duration::days(days);
+        use chrono::Datelike;
+        (d.year(), d.month() as u8, d.day() as u8)
+    };
+    files.client("ledger", &ca.client_until("herald", in_days(100)));
+    let tls = "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"\nclient_cert = \"ledger_crt\"\nclient_key = \"ledger_key\"";
+    let webhooks = definitions(
+        &files,
+        &[
+            webhook("ledger", "https://ledger.bank.test/", tls),
+            webhook("plain", "https://plain.bank.test/", ""),
+        ]
+        .concat(),
+    );
+    let metrics = herald_delivery::Metrics::new();
+    metrics.watch_client_certificates(webhooks.clone(), Arc::new(EnvAndFileSecrets));
+    let days_left = |metrics: &herald_delivery::Metrics| -> Vec<(String, f64)> {
+        metrics
+            .render()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("herald_delivery_client_certificate_days_left{webhook=\"")
+            })
+            .map(|l| {
+                let (webhook, value) = l.split_once("\"} ").unwrap();
+                (webhook.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    };
+    let got = days_left(&metrics);
+    assert_eq!(
+        got.len(),
+        1,
+        "only the webhook with a client certificate: {got:?}"
+    );
+    assert_eq!(got[0].0, "ledger");
+    assert!((98.0..=100.0).contains(&got[0].1), "{got:?}");
+
+    // Renewed on disk (here: replaced by one that expired): the next scrape
+    // says so, without a restart.
+    files.client("ledger", &ca.expired_client("herald"));
+    let got = days_left(&metrics);
+    assert!(got[0].1 < -300.0, "{got:?}");
+    // Unreadable: no sample rather than a stale one.
+    std::fs::remove_file(files.0.join("ledger.crt")).unwrap();
+    assert!(days_left(&metrics).is_empty());
 }

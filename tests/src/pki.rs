@@ -59,10 +59,16 @@ impl TestCa {
 
     /// A client certificate that expired in 2020.
     pub fn expired_client(&self, name: &str) -> Issued {
+        self.client_until(name, (2020, 1, 1))
+    }
+
+    /// A client certificate valid from 2019 until the start of this day
+    /// (year, month, day; UTC).
+    pub fn client_until(&self, name: &str, (year, month, day): (i32, u8, u8)) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = date_time_ymd(2019, 1, 1);
-        params.not_after = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(year, month, day);
         self.issue(params)
     }
 

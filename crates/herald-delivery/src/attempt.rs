@@ -72,6 +72,11 @@ impl Deliverer {
         &self.webhooks
     }
 
+    /// Where its secrets are resolved.
+    pub fn secrets(&self) -> Arc<dyn SecretSource + Send + Sync> {
+        self.secrets.clone()
+    }
+
     /// The delayed-retry tiers its decisions name.
     pub fn tiers(&self) -> &Tiers {
         &self.tiers

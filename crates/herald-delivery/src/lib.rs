@@ -12,7 +12,7 @@ pub mod resend_lock;
 pub mod secrets;
 pub mod service;
 pub mod ssrf;
-mod tls;
+pub mod tls;
 
 pub use attempt::{AttemptPlan, AttemptResult, Deliverer};
 pub use circuit::CircuitBoard;

@@ -5,7 +5,16 @@
 //! Kafka mode (consumer lag, waiting partitions, tier hops, invalid
 //! messages).
 
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use std::sync::Arc;
+
+use chrono::Utc;
+use herald_core::{SecretSource, Webhooks};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tracing::debug;
+
+use crate::tls;
 
 /// The delivery metrics. Cheap to clone.
 #[derive(Clone)]
@@ -179,6 +188,60 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         herald_ops::render(&self.registry)
+    }
+
+    /// Report, at every scrape, the days left on each webhook's client
+    /// certificate (`herald_delivery_client_certificate_days_left`),
+    /// read from its secret then, so a renewed file shows at once. A
+    /// webhook whose certificate cannot be read has no sample; its attempts
+    /// are `refused` with the reason. Registering twice is a no-op.
+    pub fn watch_client_certificates(
+        &self,
+        webhooks: Arc<Webhooks>,
+        secrets: Arc<dyn SecretSource + Send + Sync>,
+    ) {
+        let gauge = GaugeVec::new(
+            Opts::new(
+                "herald_delivery_client_certificate_days_left",
+                "Days until the client certificate of a webhook with mutual TLS expires (negative: expired), by webhook.",
+            ),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        let collector = ClientCertificates {
+            gauge,
+            webhooks,
+            secrets,
+        };
+        if self.registry.register(Box::new(collector)).is_err() {
+            debug!("client certificate expiry already reported by this registry");
+        }
+    }
+}
+
+/// Computes `herald_delivery_client_certificate_days_left` when scraped.
+struct ClientCertificates {
+    gauge: GaugeVec,
+    webhooks: Arc<Webhooks>,
+    secrets: Arc<dyn SecretSource + Send + Sync>,
+}
+
+impl Collector for ClientCertificates {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge.reset();
+        let now = Utc::now();
+        for w in self.webhooks.iter() {
+            let at = tls::client_certificate_not_after(&self.webhooks, w, self.secrets.as_ref());
+            if let Some(Ok(at)) = at {
+                let days = (at - now).num_seconds() as f64 / 86_400.0;
+                self.gauge.with_label_values(&[&w.id]).set(days);
+            }
+        }
+        self.gauge.collect()
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(parts: Parts) -> Self {
+        parts
+            .metrics
+            .watch_client_certificates(parts.webhooks.clone(), parts.deliverer.secrets());
         let webhook_slots = parts
             .webhooks
             .iter()

@@ -256,7 +256,7 @@ fn main() -> ExitCode {
             Command::Template(TemplateCommand::Check { webhooks }) => {
                 let w = load_webhooks(&webhooks)?;
                 println!("{}: {} webhooks, all valid", webhooks.display(), w.len());
-                Ok(())
+                check_client_certificates(&w, chrono::Utc::now())
             }
             Command::Template(TemplateCommand::Render {
                 webhooks,
@@ -425,6 +425,48 @@ fn init_logs(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Client certificates expiring within this are reported as such.
+const RENEW_WITHIN_DAYS: i64 = 30;
+
+/// One line per client certificate (valid until, expiring soon, expired,
+/// or not readable here); an expired one fails the check, since every
+/// attempt with it would be refused by the receiver.
+fn check_client_certificates(
+    webhooks: &Webhooks,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let mut expired = 0;
+    for w in webhooks.iter() {
+        let Some(at) =
+            herald_delivery::tls::client_certificate_not_after(webhooks, w, &EnvAndFileSecrets)
+        else {
+            continue;
+        };
+        let setting = format!("webhooks.{}.tls.client_cert", w.id);
+        match at {
+            Err(e) => println!("{setting}: not checked here: {e}"),
+            Ok(at) => {
+                let date = at.format("%Y-%m-%d %H:%M UTC");
+                let days = (at - now).num_days();
+                if at <= now {
+                    expired += 1;
+                    println!(
+                        "{setting}: EXPIRED on {date}; the receiver will refuse every attempt"
+                    );
+                } else if days < RENEW_WITHIN_DAYS {
+                    println!("{setting}: expires on {date}, in {days} days: renew it");
+                } else {
+                    println!("{setting}: valid until {date} ({days} days)");
+                }
+            }
+        }
+    }
+    if expired > 0 {
+        anyhow::bail!("{expired} client certificate(s) expired");
+    }
+    Ok(())
 }
 
 fn load_webhooks(path: &Path) -> anyhow::Result<Webhooks> {

@@ -123,6 +123,65 @@ fn template_check_and_render() {
         stdout(&o)
     );
 
+    // Client certificates: valid, about to expire, expired, not readable
+    // here. An expired one fails the check.
+    let ca = herald_tests::pki::TestCa::new("cli CA");
+    let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let day = |days: i64| {
+        let d = chrono::Utc::now().date_naive() + chrono::Duration::days(days);
+        use chrono::Datelike;
+        (d.year(), d.month() as u8, d.day() as u8)
+    };
+    let mut toml = String::from("[secrets]\nmissing = { env = \"HERALD_CLI_NO_SUCH_CERT\" }\n");
+    for (name, until) in [("far", day(400)), ("soon", day(10)), ("gone", (2020, 1, 1))] {
+        let issued = ca.client_until(name, until);
+        for (ext, pem) in [("crt", &issued.cert_pem), ("key", &issued.key_pem)] {
+            let path = dir.join(format!("{name}.{ext}"));
+            std::fs::write(&path, pem).unwrap();
+            toml.push_str(&format!(
+                "{name}_{ext} = {{ file = {:?} }}\n",
+                path.display().to_string()
+            ));
+        }
+    }
+    for (id, cert, key) in [
+        ("far", "far_crt", "far_key"),
+        ("soon", "soon_crt", "soon_key"),
+        ("gone", "gone_crt", "gone_key"),
+        ("unreadable", "missing", "far_key"),
+    ] {
+        toml.push_str(&format!(
+            "[[webhooks]]\nid = \"{id}\"\nevents = [\"x\"]\nurl = \"https://{id}.example\"\nbody = \"{{}}\"\n[webhooks.tls]\nclient_cert = \"{cert}\"\nclient_key = \"{key}\"\n"
+        ));
+    }
+    let file = dir.join("tls.toml");
+    std::fs::write(&file, toml).unwrap();
+    let o = herald(
+        &["template", "check", "--webhooks", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "webhooks.far.tls.client_cert: valid until ",
+        "webhooks.soon.tls.client_cert: expires on ",
+        "webhooks.gone.tls.client_cert: EXPIRED on 2020-01-01 00:00 UTC",
+        "webhooks.unreadable.tls.client_cert: not checked here: secret env:HERALD_CLI_NO_SUCH_CERT is not set",
+    ] {
+        assert!(out.contains(line), "{line:?} not in:\n{out}");
+    }
+    assert!(
+        out.contains("in 9 days") || out.contains("in 10 days"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("1 client certificate(s) expired"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
     // A broken file: exit 2, every error with its location.
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_cli"));
     std::fs::create_dir_all(&dir).unwrap();
