@@ -178,3 +178,89 @@ fn python_signatures_verify_with_herald() {
         .is_err()
     );
 }
+
+/// Verifies `v1a` with an ed25519 implementation that is not Herald's
+/// (Python `cryptography`), from the `whpk_` public key alone, following
+/// the spec's signed content `id.timestamp.body`; and the `v1` signature
+/// of the same dual-signed header with the official library.
+const V1A_SCRIPT: &str = r#"
+import base64, json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+out = []
+for case in json.load(sys.stdin):
+    body = base64.b64decode(case["body_b64"])
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(case["public_key"].removeprefix("whpk_")))
+    content = case["id"].encode() + b"." + str(case["timestamp"]).encode() + b"." + body
+    v1a = [s.split(",", 1)[1] for s in case["signature"].split(" ") if s.startswith("v1a,")]
+    verdict = "rejected: no v1a"
+    for sig in v1a:
+        try:
+            public.verify(base64.b64decode(sig), content)
+            verdict = "ok"
+            break
+        except InvalidSignature:
+            verdict = "rejected: bad v1a"
+    headers = {"webhook-id": case["id"], "webhook-timestamp": str(case["timestamp"]),
+               "webhook-signature": case["signature"]}
+    try:
+        Webhook(case["whsec"]).verify(body.decode("utf-8"), headers)
+        v1 = "ok"
+    except WebhookVerificationError as e:
+        v1 = "rejected: " + str(e)
+    out.append(verdict + " / v1 " + v1)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn v1a_signatures_verify_with_an_independent_ed25519_implementation() {
+    let Some(py) = python("signing_interop", "cryptography", "cryptography") else {
+        return;
+    };
+    let hmac = SigningSecret::from_bytes((0u8..32).collect::<Vec<_>>());
+    let old = SigningSecret::from_ed25519_seed([0x11; 32]).unwrap();
+    let new = SigningSecret::parse(
+        &SigningSecret::from_ed25519_seed([0x22; 32])
+            .unwrap()
+            .to_whsec(),
+    )
+    .unwrap();
+    let now = Utc::now().timestamp();
+    let body = "{\"name\":\"Zoë O'Brien ✓ 🏦\",\"amount\":\"1234.56\"}";
+    // During a migration: v1 and v1a together; during a rotation: two v1a.
+    let h = signing::sign(
+        "msg_v1a",
+        now,
+        body.as_bytes(),
+        &[hmac.clone(), old.clone(), new.clone()],
+    );
+    let case = |public: &SigningSecret, body: &str| {
+        json!({
+            "id": "msg_v1a", "timestamp": now, "signature": h.signature,
+            "public_key": public.public_key().unwrap(), "whsec": hmac.to_whsec(),
+            "body_b64": b64(body.as_bytes()),
+        })
+    };
+    let stranger = SigningSecret::from_ed25519_seed([0x33; 32]).unwrap();
+    let cases = [
+        case(&old, body),
+        case(&new, body),
+        case(&new, &format!("{body} ")),
+        case(&stranger, body),
+    ];
+    let results: Vec<String> =
+        serde_json::from_value(run_python(&py, V1A_SCRIPT, &Value::from(cases.to_vec()))).unwrap();
+    assert_eq!(results[0], "ok / v1 ok");
+    assert_eq!(results[1], "ok / v1 ok");
+    assert!(
+        results[2].starts_with("rejected: bad v1a / v1 rejected"),
+        "{}",
+        results[2]
+    );
+    assert!(
+        results[3].starts_with("rejected: bad v1a / v1 ok"),
+        "{}",
+        results[3]
+    );
+}

@@ -453,9 +453,19 @@ pub async fn serve_delivery(config: &str) -> anyhow::Result<()> {
         tokens: vec![TOKEN.into()],
         ..Default::default()
     };
-    let api = herald::api::start_kafka(&api_config, &config, shutdown.clone(), &api_tasks)
-        .await?
-        .context("api on")?;
+    let signing_keys = herald::api::SigningKeys {
+        webhooks: Arc::new(load_webhooks(&config.webhooks)?),
+        secrets: secrets(),
+    };
+    let api = herald::api::start_kafka(
+        &api_config,
+        &config,
+        signing_keys,
+        shutdown.clone(),
+        &api_tasks,
+    )
+    .await?
+    .context("api on")?;
     let service = herald_delivery::DeliveryService::bind(config, webhooks, secrets()).await?;
     let worker = tokio::spawn(service.run(shutdown.clone()));
     ready(&api.to_string())?;

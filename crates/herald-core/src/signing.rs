@@ -1,5 +1,7 @@
 //! Standard Webhooks signing (`webhook-id`, `webhook-timestamp`,
-//! `webhook-signature`) and the matching verification for receivers.
+//! `webhook-signature`) with symmetric (`v1`, HMAC-SHA256, `whsec_`) and
+//! asymmetric (`v1a`, ed25519, `whsk_` / `whpk_`) keys, and the matching
+//! verification for receivers.
 //!
 //! Implemented with `hmac` + `sha2` rather than the `standardwebhooks` crate:
 //! its `verify` reads the system clock (we need `now` as a parameter), it
@@ -14,7 +16,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -23,13 +26,18 @@ pub const HEADER_ID: &str = "webhook-id";
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 
-/// The prefix of Standard Webhooks secrets.
+/// The prefix of Standard Webhooks symmetric secrets (`v1`, HMAC-SHA256).
 pub const SECRET_PREFIX: &str = "whsec_";
+/// The prefix of Standard Webhooks asymmetric secret keys (`v1a`, ed25519).
+pub const ASYMMETRIC_SECRET_PREFIX: &str = "whsk_";
+/// The prefix of Standard Webhooks public keys, for receivers.
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
 
 /// Default verification tolerance of the spec: five minutes either way.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 const VERSION: &str = "v1";
+const VERSION_ASYMMETRIC: &str = "v1a";
 
 /// Signing and verification failures.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -55,51 +63,173 @@ pub enum SigningError {
 
 pub type Result<T, E = SigningError> = std::result::Result<T, E>;
 
-/// A signing key. `Debug` prints `Secret(***)`.
+/// A signing key: a `whsec_` HMAC secret (`v1` signatures) or a `whsk_`
+/// ed25519 secret key (`v1a`). `Debug` prints `Secret(***)`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SigningSecret(Vec<u8>);
+pub struct SigningSecret(Key);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    Hmac(Vec<u8>),
+    Ed25519 { seed: [u8; 32], public: [u8; 32] },
+}
 
 impl SigningSecret {
-    /// Parse the `whsec_<base64>` form. The prefix is optional, as in the
-    /// reference libraries; the key must decode to 24..=64 bytes (the spec
-    /// asks for at least 24).
+    /// Parse `whsec_<base64>` (the prefix is optional, as in the reference
+    /// libraries; the key must decode to 24..=64 bytes, the spec asks for
+    /// at least 24) or `whsk_<base64>` (an ed25519 secret key: its 32-byte
+    /// seed, or the 64 bytes of seed and public key).
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
+        if let Some(encoded) = text.strip_prefix(ASYMMETRIC_SECRET_PREFIX) {
+            let key = decode(encoded, "whsk_")?;
+            let seed: [u8; 32] = key
+                .get(..32)
+                .and_then(|s| s.try_into().ok())
+                .filter(|_| key.len() == 32 || key.len() == 64)
+                .ok_or_else(|| {
+                    SigningError::InvalidSecret(format!(
+                        "whsk_ key is {} bytes, expected 32 (seed) or 64 (seed and public key)",
+                        key.len()
+                    ))
+                })?;
+            let secret = Self::from_ed25519_seed(seed)?;
+            if key.len() == 64 && secret.public_bytes() != Some(&key[32..]) {
+                return Err(SigningError::InvalidSecret(
+                    "whsk_ key: its public half does not belong to its seed".into(),
+                ));
+            }
+            return Ok(secret);
+        }
         let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        // The decoder's own message names the offending byte and where it
-        // is: secret material. Say only what is expected.
-        let key = BASE64.decode(encoded).map_err(|_| {
-            SigningError::InvalidSecret("expected whsec_<base64>: not valid base64".into())
-        })?;
+        let key = decode(encoded, "whsec_")?;
         if !(24..=64).contains(&key.len()) {
             return Err(SigningError::InvalidSecret(format!(
                 "key is {} bytes, expected 24 to 64",
                 key.len()
             )));
         }
-        Ok(Self(key))
+        Ok(Self(Key::Hmac(key)))
     }
 
-    /// A secret from raw key bytes (e.g. freshly generated).
+    /// A symmetric secret from raw key bytes (e.g. freshly generated).
     pub fn from_bytes(key: impl Into<Vec<u8>>) -> Self {
-        Self(key.into())
+        Self(Key::Hmac(key.into()))
     }
 
-    /// The `whsec_<base64>` form, to hand to a receiver.
+    /// An ed25519 secret key from its 32-byte seed.
+    pub fn from_ed25519_seed(seed: [u8; 32]) -> Result<Self> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| SigningError::InvalidSecret("not an ed25519 seed".into()))?;
+        let public: [u8; 32] = pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| SigningError::InvalidSecret("unexpected ed25519 public key".into()))?;
+        Ok(Self(Key::Ed25519 { seed, public }))
+    }
+
+    /// The serialized secret, to hand to a receiver (`whsec_…`) or to keep
+    /// in a secret store (`whsk_…`, seed and public key).
     pub fn to_whsec(&self) -> String {
-        format!("{SECRET_PREFIX}{}", BASE64.encode(&self.0))
+        match &self.0 {
+            Key::Hmac(key) => format!("{SECRET_PREFIX}{}", BASE64.encode(key)),
+            Key::Ed25519 { seed, public } => {
+                let both: Vec<u8> = seed.iter().chain(public).copied().collect();
+                format!("{ASYMMETRIC_SECRET_PREFIX}{}", BASE64.encode(both))
+            }
+        }
     }
 
-    fn mac(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length");
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
+    /// For an ed25519 key, the public key receivers verify with
+    /// (`whpk_<base64>`); `None` for an HMAC secret, which has none.
+    pub fn public_key(&self) -> Option<String> {
+        self.public_bytes()
+            .map(|p| format!("{PUBLIC_KEY_PREFIX}{}", BASE64.encode(p)))
     }
+
+    /// For an ed25519 key, a stable id of its public key: the first 8 bytes
+    /// of its SHA-256, in hex.
+    pub fn key_id(&self) -> Option<String> {
+        let digest = Sha256::digest(self.public_bytes()?);
+        Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn public_bytes(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Key::Ed25519 { public, .. } => Some(public),
+            Key::Hmac(_) => None,
+        }
+    }
+
+    /// `v1,<base64>` or `v1a,<base64>` for this message.
+    fn signature(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        match &self.0 {
+            Key::Hmac(key) => {
+                let tag = mac(key, msg_id, timestamp, body).finalize().into_bytes();
+                format!("{VERSION},{}", BASE64.encode(tag))
+            }
+            Key::Ed25519 { seed, .. } => {
+                // The seed was checked when the key was made.
+                let pair = Ed25519KeyPair::from_seed_unchecked(seed).expect("a checked seed");
+                let sig = pair.sign(&signed_content(msg_id, timestamp, body));
+                format!("{VERSION_ASYMMETRIC},{}", BASE64.encode(sig.as_ref()))
+            }
+        }
+    }
+
+    /// Whether one of `candidates` (`(version, decoded signature)`) is this
+    /// key's signature of the message. HMAC tags compare in constant time.
+    fn matches(&self, candidates: &[(&str, Vec<u8>)], msg_id: &str, ts: i64, body: &[u8]) -> bool {
+        match &self.0 {
+            Key::Hmac(key) => {
+                let mac = mac(key, msg_id, ts, body);
+                candidates
+                    .iter()
+                    .filter(|(v, _)| *v == VERSION)
+                    .any(|(_, sig)| mac.clone().verify_slice(sig).is_ok())
+            }
+            Key::Ed25519 { public, .. } => {
+                let key = UnparsedPublicKey::new(&ED25519, public);
+                let content = signed_content(msg_id, ts, body);
+                candidates
+                    .iter()
+                    .filter(|(v, _)| *v == VERSION_ASYMMETRIC)
+                    .any(|(_, sig)| key.verify(&content, sig).is_ok())
+            }
+        }
+    }
+}
+
+/// The base64 of a secret; the decoder's own message names the offending
+/// byte and where it is (secret material), so say only what is expected.
+fn decode(encoded: &str, prefix: &str) -> Result<Vec<u8>> {
+    BASE64.decode(encoded).map_err(|_| {
+        SigningError::InvalidSecret(format!("expected {prefix}<base64>: not valid base64"))
+    })
+}
+
+fn mac(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key length");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// What is signed: `{msg_id}.{timestamp}.{body}`.
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let ts = timestamp.to_string();
+    let mut content = Vec::with_capacity(msg_id.len() + ts.len() + body.len() + 2);
+    content.extend_from_slice(msg_id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(ts.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
 }
 
 impl fmt::Debug for SigningSecret {
@@ -139,10 +269,7 @@ pub fn sign(
 ) -> SignatureHeaders {
     let signature = secrets
         .iter()
-        .map(|s| {
-            let tag = s.mac(msg_id, timestamp, body).finalize().into_bytes();
-            format!("{VERSION},{}", BASE64.encode(tag))
-        })
+        .map(|s| s.signature(msg_id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ");
     SignatureHeaders {
@@ -183,20 +310,16 @@ pub fn verify(
             tolerance_secs,
         });
     }
-    let candidates: Vec<Vec<u8>> = signature_header
+    let candidates: Vec<(&str, Vec<u8>)> = signature_header
         .split(' ')
         .filter_map(|part| part.split_once(','))
-        .filter(|(version, _)| *version == VERSION)
-        .filter_map(|(_, sig)| BASE64.decode(sig).ok())
+        .filter_map(|(version, sig)| Some((version, BASE64.decode(sig).ok()?)))
         .collect();
-    for secret in secrets {
-        let mac = secret.mac(msg_id, ts, body);
-        for candidate in &candidates {
-            // verify_slice compares in constant time.
-            if mac.clone().verify_slice(candidate).is_ok() {
-                return Ok(());
-            }
-        }
+    if secrets
+        .iter()
+        .any(|secret| secret.matches(&candidates, msg_id, ts, body))
+    {
+        return Ok(());
     }
     Err(SigningError::NoMatchingSignature)
 }
@@ -289,6 +412,100 @@ mod tests {
             ),
             Err(SigningError::NoMatchingSignature)
         );
+    }
+
+    /// RFC 8032, 7.1, test 2: a known seed, public key and signature.
+    const RFC_SEED: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
+    const RFC_PUBLIC: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+    const RFC_SIG: &str = "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ed25519_keys_sign_v1a_as_rfc_8032_says() {
+        let seed: [u8; 32] = hex(RFC_SEED).try_into().unwrap();
+        let key = SigningSecret::from_ed25519_seed(seed).unwrap();
+        assert_eq!(
+            key.public_key().unwrap(),
+            format!("whpk_{}", BASE64.encode(hex(RFC_PUBLIC)))
+        );
+        // RFC 8032 signs the single byte 0x72; here the signed content is
+        // `id.ts.body`, so sign that byte's worth by hand and compare.
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+        assert_eq!(pair.sign(&[0x72]).as_ref(), &hex(RFC_SIG)[..]);
+
+        // The serialized forms round-trip: 64 bytes (seed and public) or 32.
+        let whsk = key.to_whsec();
+        assert!(whsk.starts_with("whsk_"));
+        assert_eq!(SigningSecret::parse(&whsk).unwrap(), key);
+        let seed_only = format!("whsk_{}", BASE64.encode(seed));
+        assert_eq!(SigningSecret::parse(&seed_only).unwrap(), key);
+        assert_eq!(key.key_id().unwrap().len(), 16);
+        assert_eq!(SigningSecret::from_bytes(vec![1; 32]).public_key(), None);
+
+        // A mismatched public half and a wrong length are refused, quoting
+        // no key byte.
+        let mut forged = seed.to_vec();
+        forged.extend_from_slice(&[0u8; 32]);
+        let err = SigningSecret::parse(&format!("whsk_{}", BASE64.encode(&forged))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid signing secret: whsk_ key: its public half does not belong to its seed"
+        );
+        let err = SigningSecret::parse(&format!("whsk_{}", BASE64.encode([1u8; 40]))).unwrap_err();
+        assert!(err.to_string().contains("40 bytes"), "{err}");
+        let err = SigningSecret::parse("whsk_!!!!").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid signing secret: expected whsk_<base64>: not valid base64"
+        );
+    }
+
+    #[test]
+    fn v1_and_v1a_together_each_verify_with_their_own_key() {
+        let hmac = SigningSecret::from_bytes(vec![5u8; 32]);
+        let ed = SigningSecret::from_ed25519_seed([6u8; 32]).unwrap();
+        let h = sign("msg_1", 500, b"{\"a\":1}", &[hmac.clone(), ed.clone()]);
+        let parts: Vec<&str> = h.signature.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert!(
+            parts[0].starts_with("v1,") && parts[1].starts_with("v1a,"),
+            "{parts:?}"
+        );
+        for key in [&hmac, &ed] {
+            verify(
+                std::slice::from_ref(key),
+                "msg_1",
+                "500",
+                &h.signature,
+                b"{\"a\":1}",
+                at(500),
+                DEFAULT_TOLERANCE,
+            )
+            .unwrap();
+        }
+        // A v1a signature over other content, or by another key, fails.
+        let other = SigningSecret::from_ed25519_seed([7u8; 32]).unwrap();
+        for (key, body) in [(&ed, &b"{\"a\":2}"[..]), (&other, &b"{\"a\":1}"[..])] {
+            assert_eq!(
+                verify(
+                    std::slice::from_ref(key),
+                    "msg_1",
+                    "500",
+                    &h.signature,
+                    body,
+                    at(500),
+                    DEFAULT_TOLERANCE
+                ),
+                Err(SigningError::NoMatchingSignature)
+            );
+        }
+        assert!(!format!("{ed:?}").contains("whsk"));
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Deliverer {
             .map_err(|e| e.to_string())?;
         let keys = self
             .webhooks
-            .signing_secrets(webhook, self.secrets.as_ref())
+            .signing_secrets(webhook, self.secrets.as_ref(), now)
             .map_err(|e| e.to_string())?;
         let mut headers: Vec<(String, String)> =
             resolved.into_iter().map(|h| (h.name, h.value)).collect();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use herald_core::{CloudEvent, NotificationId, ResendCommand, Status};
+use herald_core::{CloudEvent, NotificationId, ResendCommand, SecretSource, Status, Webhooks};
 use herald_delivery::DeliveryConfig;
 use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
 use herald_kafka::{KafkaConfig, Topics};
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::standalone::engine::{AcceptError, Engine};
 
@@ -194,9 +194,19 @@ impl Backend {
     }
 }
 
+/// Where the published signing keys come from: the definitions and the
+/// secret source of the process, read at each request (a rotated key file
+/// shows at once).
+#[derive(Clone)]
+pub struct SigningKeys {
+    pub webhooks: Arc<Webhooks>,
+    pub secrets: Arc<dyn SecretSource + Send + Sync>,
+}
+
 /// What the API needs.
 pub struct ApiState {
     pub backend: Backend,
+    pub signing_keys: SigningKeys,
     /// Accepted bearer tokens; never empty (checked at start-up).
     pub tokens: Vec<String>,
     /// Largest accepted request body.
@@ -210,6 +220,7 @@ pub struct ApiState {
 pub async fn start_kafka(
     config: &ApiConfig,
     delivery: &DeliveryConfig,
+    signing_keys: SigningKeys,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Option<SocketAddr>> {
@@ -236,6 +247,7 @@ pub async fn start_kafka(
             topics: Topics::new(&delivery.kafka),
             kafka: delivery.kafka.clone(),
         },
+        signing_keys,
         tokens,
         max_request_bytes: config.max_request_bytes,
     });
@@ -286,6 +298,10 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             // Kafka mode: the service's own listener serves /metrics.
             Backend::Kafka { .. } => not_found(&req),
         },
+        // Public keys are public: receivers fetch them without a token.
+        (&Method::GET, ["v1", "webhooks", webhook, "signing-keys"]) => {
+            signing_keys(&state.signing_keys, webhook)
+        }
         (_, ["v1", ..]) if !authorized(&state, &req) => error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -322,6 +338,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         ["v1", "notifications", _, "resend"] => "POST",
         ["v1", "circuits"] => "GET",
         ["v1", "circuits", _, "close"] => "POST",
+        ["v1", "webhooks", _, "signing-keys"] => "GET",
         _ => return None,
     })
 }
@@ -730,6 +747,27 @@ async fn circuits(state: &ApiState) -> Resp {
             }
         }
     }
+}
+
+/// The public keys a webhook's `v1a` signatures verify with.
+fn signing_keys(keys: &SigningKeys, webhook: &str) -> Resp {
+    let Some(w) = keys.webhooks.get(webhook) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no webhook {:?}", herald_core::text::one_line(webhook, 128)),
+        );
+    };
+    let (published, problems) = keys
+        .webhooks
+        .published_keys(w, keys.secrets.as_ref(), Utc::now());
+    for problem in problems {
+        warn!(webhook = %w.id, %problem, "a signing key cannot be published");
+    }
+    json_resp(
+        StatusCode::OK,
+        json!({ "webhook": w.id, "keys": published }),
+    )
 }
 
 /// Force a webhook's circuit closed (on every worker in Kafka mode).

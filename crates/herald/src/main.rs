@@ -238,7 +238,19 @@ fn main() -> ExitCode {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
                 let api_tasks = TaskTracker::new();
-                api::start_kafka(&file.api, &file.delivery, shutdown.clone(), &api_tasks).await?;
+                // The API publishes the same definitions' signing keys.
+                let signing_keys = api::SigningKeys {
+                    webhooks: Arc::new(load_webhooks(&file.delivery.webhooks)?),
+                    secrets: Arc::new(EnvAndFileSecrets),
+                };
+                api::start_kafka(
+                    &file.api,
+                    &file.delivery,
+                    signing_keys,
+                    shutdown.clone(),
+                    &api_tasks,
+                )
+                .await?;
                 let worker = herald_delivery::service::run(
                     file.delivery,
                     webhooks,

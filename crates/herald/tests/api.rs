@@ -152,10 +152,21 @@ async fn start_toml(
     shutdown: CancellationToken,
     concurrency: usize,
 ) -> (Api, standalone::Standalone) {
+    start_with_secrets(toml, HashMap::new(), shutdown, concurrency).await
+}
+
+/// With `TEST_WHSEC` and `more` as the secret source.
+async fn start_with_secrets(
+    toml: &str,
+    more: HashMap<SecretRef, String>,
+    shutdown: CancellationToken,
+    concurrency: usize,
+) -> (Api, standalone::Standalone) {
     let dir = std::env::temp_dir().join(herald_tests::unique_name("herald_api"));
     let webhooks = Webhooks::from_toml(toml).expect("definitions");
-    let secrets: HashMap<SecretRef, String> =
+    let mut secrets: HashMap<SecretRef, String> =
         HashMap::from([(SecretRef::Env("TEST_WHSEC".into()), WHSEC.into())]);
+    secrets.extend(more);
     let config = StandaloneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: dir.join("herald.db"),
@@ -885,13 +896,110 @@ async fn every_documented_route_answers_as_documented() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 10, "every route of the document was exercised");
+    assert_eq!(checked, 11, "every route of the document was exercised");
     // An unknown route is a JSON 404 of the documented error shape.
     let (status, value) = api.call("GET", "/v1/nope", Some(TOKEN), None).await;
     assert_eq!(
         (status, value["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// `v1a` (ed25519) next to `v1` during a migration: each request carries
+/// the signature of every key whose window holds now, and the public keys
+/// of all of them (past, current, scheduled) are published without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1a_keys_are_published_without_a_token_and_sign_within_their_windows() {
+    let rx = TestReceiver::start().await;
+    let seed = |b: u8| SigningSecret::from_ed25519_seed([b; 32]).unwrap();
+    let (current, scheduled, retired) = (seed(1), seed(2), seed(3));
+    let toml = format!(
+        r#"
+[secrets]
+signing = {{ env = "TEST_WHSEC" }}
+current = {{ env = "ED_CURRENT" }}
+scheduled = {{ env = "ED_SCHEDULED" }}
+retired = {{ env = "ED_RETIRED" }}
+
+[[webhooks]]
+id = "ledger"
+events = ["bank.loan.*"]
+url = "{url}"
+body = '{{"loan": {{{{json subject}}}}}}'
+signing_secrets = [
+  "signing",
+  "current",
+  {{ secret = "scheduled", not_before = "2999-01-01T00:00:00Z" }},
+  {{ secret = "retired", not_after = "2020-01-01T00:00:00Z" }},
+]
+"#,
+        url = rx.url("/ledger")
+    );
+    let secrets = HashMap::from([
+        (SecretRef::Env("ED_CURRENT".into()), current.to_whsec()),
+        (SecretRef::Env("ED_SCHEDULED".into()), scheduled.to_whsec()),
+        (SecretRef::Env("ED_RETIRED".into()), retired.to_whsec()),
+    ]);
+    let shutdown = CancellationToken::new();
+    let (api, running) = start_with_secrets(&toml, secrets, shutdown.clone(), 8).await;
+
+    let (status, doc) = api
+        .call("GET", "/v1/webhooks/ledger/signing-keys", None, None)
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    let keys = doc["keys"].as_array().unwrap();
+    let listed: Vec<(String, bool)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k["public_key"].as_str().unwrap().to_owned(),
+                k["signing"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (current.public_key().unwrap(), true),
+            (scheduled.public_key().unwrap(), false),
+            (retired.public_key().unwrap(), false),
+        ],
+        "the HMAC secret has no public half and is not listed: {doc}"
+    );
+    assert_eq!(keys[0]["kid"], json!(current.key_id().unwrap()));
+    assert_eq!(keys[1]["not_before"], json!("2999-01-01T00:00:00Z"));
+    assert!(!doc.to_string().contains("whsk_") && !doc.to_string().contains("whsec_"));
+    let (status, _) = api
+        .call("GET", "/v1/webhooks/nope/signing-keys", None, None)
+        .await;
+    assert_eq!(status, 404);
+
+    api.accept_one(event("v1a-1", "bank.loan.disbursed", "L-9"))
+        .await;
+    let got = rx.wait_for(1, Duration::from_secs(30)).await;
+    let r = &got[0];
+    let header = r.header("webhook-signature").unwrap();
+    let versions: Vec<&str> = header
+        .split(' ')
+        .map(|s| s.split(',').next().unwrap())
+        .collect();
+    assert_eq!(versions, ["v1", "v1a"], "{header}");
+    let verify = |key: &SigningSecret| {
+        signing::verify(
+            std::slice::from_ref(key),
+            r.header("webhook-id").unwrap(),
+            r.header("webhook-timestamp").unwrap(),
+            header,
+            &r.body,
+            Utc::now(),
+            signing::DEFAULT_TOLERANCE,
+        )
+    };
+    verify(&current).unwrap();
+    assert!(verify(&scheduled).is_err() && verify(&retired).is_err());
+    verify(&SigningSecret::parse(WHSEC).unwrap()).unwrap();
     shutdown.cancel();
     running.wait().await;
 }

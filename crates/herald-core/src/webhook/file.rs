@@ -125,7 +125,7 @@ pub(super) struct RawWebhook {
     pub(super) timeout: Option<String>,
     pub(super) max_body_bytes: Option<usize>,
     #[serde(default)]
-    pub(super) signing_secrets: Vec<String>,
+    pub(super) signing_secrets: Vec<RawSigningKey>,
     #[serde(default)]
     pub(super) retry: RawRetry,
     #[serde(default)]
@@ -135,6 +135,23 @@ pub(super) struct RawWebhook {
 
 pub(super) fn yes() -> bool {
     true
+}
+
+/// An entry of `signing_secrets`: a `[secrets]` name, or one with the
+/// window in which it signs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSigningKey {
+    Name(String),
+    Windowed(RawWindowedKey),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWindowedKey {
+    pub(super) secret: String,
+    pub(super) not_before: Option<String>,
+    pub(super) not_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -31,7 +31,13 @@ pub(super) fn canonical_hash(w: &Webhook, secrets: &BTreeMap<String, SecretRef>)
         "body": w.body,
         "timeout_ms": w.timeout.as_millis() as u64,
         "max_body_bytes": w.max_body_bytes,
-        "signing_secrets": w.signing_secrets.iter().map(|s| json!({"name": s, "ref": secrets.get(s).map(ToString::to_string)})).collect::<Vec<_>>(),
+        "signing_secrets": w.signing_secrets.iter().map(|k| {
+            // Windows only when set: a plain list hashes as it always did.
+            let mut entry = json!({"name": k.name, "ref": secrets.get(&k.name).map(ToString::to_string)});
+            if let Some(b) = k.not_before { entry["not_before"] = json!(b.to_rfc3339()); }
+            if let Some(a) = k.not_after { entry["not_after"] = json!(a.to_rfc3339()); }
+            entry
+        }).collect::<Vec<_>>(),
         "retry": {
             "max_attempts": r.max_attempts,
             "max_age_ms": r.max_age.as_millis() as u64,

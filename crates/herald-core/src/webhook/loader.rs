@@ -1,7 +1,7 @@
 //! Validation: the file as written to compiled definitions, with every
 //! error at once and its location.
 
-use super::file::{RawCircuit, RawFile, RawHeader, RawRetry};
+use super::file::{RawCircuit, RawFile, RawHeader, RawRetry, RawSigningKey};
 use super::hash::canonical_hash;
 use super::*;
 
@@ -131,17 +131,7 @@ impl Loader {
             self.url_shape(&format!("{at}.url"), &w.url);
             let tls = self.tls(&at, &w.url, w.tls.as_ref(), &raw.secrets);
             let headers = self.headers(&at, &w.headers, &raw.secrets);
-            for (i, name) in w.signing_secrets.iter().enumerate() {
-                if !raw.secrets.contains_key(name) {
-                    self.error(
-                        format!("{at}.signing_secrets[{i}]"),
-                        format!("unknown secret {name:?}: declare it in [secrets]"),
-                    );
-                }
-            }
-            if w.signing_secrets.iter().collect::<BTreeSet<_>>().len() != w.signing_secrets.len() {
-                self.error(format!("{at}.signing_secrets"), "lists a secret twice");
-            }
+            let signing_secrets = self.signing_keys(&at, &w.signing_secrets, &raw.secrets);
 
             let webhook = Webhook {
                 template_hash: String::new(),
@@ -162,7 +152,7 @@ impl Loader {
                 retry,
                 circuit,
                 tls,
-                signing_secrets: w.signing_secrets,
+                signing_secrets,
             };
             self.compile(&mut engines, &at, &webhook);
             if self.errors.len() == errors_before {
@@ -428,6 +418,65 @@ impl Loader {
 
     /// The scheme and host of a URL template must be literal: event data
     /// may fill in the path and query, never choose the destination.
+    /// `signing_secrets`: declared names, each once, with windows whose
+    /// ends are RFC 3339 times in order.
+    pub(super) fn signing_keys(
+        &mut self,
+        at: &str,
+        raw: &[RawSigningKey],
+        secrets: &BTreeMap<String, SecretRef>,
+    ) -> Vec<SigningKeyRef> {
+        let mut keys = Vec::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let at = format!("{at}.signing_secrets[{i}]");
+            let (name, not_before, not_after) = match entry {
+                RawSigningKey::Name(name) => (name.clone(), None, None),
+                RawSigningKey::Windowed(w) => (
+                    w.secret.clone(),
+                    w.not_before.as_deref(),
+                    w.not_after.as_deref(),
+                ),
+            };
+            if !secrets.contains_key(&name) {
+                self.error(
+                    at.clone(),
+                    format!("unknown secret {name:?}: declare it in [secrets]"),
+                );
+            }
+            let mut time = |key: &str, value: Option<&str>| {
+                let value = value?;
+                match DateTime::parse_from_rfc3339(value) {
+                    Ok(t) => Some(t.with_timezone(&Utc)),
+                    Err(_) => {
+                        self.error(
+                            format!("{at}.{key}"),
+                            format!(
+                                "{value:?} is not an RFC 3339 time such as \"2027-01-01T00:00:00Z\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+            let not_before = time("not_before", not_before);
+            let not_after = time("not_after", not_after);
+            if let (Some(b), Some(a)) = (not_before, not_after)
+                && a <= b
+            {
+                self.error(format!("{at}.not_after"), "must be later than not_before");
+            }
+            keys.push(SigningKeyRef {
+                name,
+                not_before,
+                not_after,
+            });
+        }
+        if keys.iter().map(|k| &k.name).collect::<BTreeSet<_>>().len() != keys.len() {
+            self.error(format!("{at}.signing_secrets"), "lists a secret twice");
+        }
+        keys
+    }
+
     pub(super) fn url_shape(&mut self, at: &str, url: &str) {
         let Some(rest) = url
             .strip_prefix("https://")

@@ -100,6 +100,36 @@ pub enum HeaderSpec {
     Secret { name: String, prefix: String },
 }
 
+/// A signing key of a webhook: a `[secrets]` name and the window in which
+/// it signs (open at either end when unset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRef {
+    pub name: String,
+    pub not_before: Option<DateTime<Utc>>,
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+impl SigningKeyRef {
+    /// Whether it signs a request made at `now`.
+    pub fn signs_at(&self, now: DateTime<Utc>) -> bool {
+        self.not_before.is_none_or(|b| b <= now) && self.not_after.is_none_or(|a| now < a)
+    }
+}
+
+/// A public key receivers verify `v1a` signatures with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublishedKey {
+    /// A stable id of the key ([`SigningSecret::key_id`]).
+    pub kid: String,
+    pub alg: &'static str,
+    /// `whpk_<base64>`.
+    pub public_key: String,
+    pub not_before: Option<DateTime<Utc>>,
+    pub not_after: Option<DateTime<Utc>>,
+    /// Whether it signs requests now.
+    pub signing: bool,
+}
+
 /// A filter condition: the value at a JSON pointer into the template
 /// context must equal one of `any_of`.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,8 +181,9 @@ pub struct Webhook {
     /// How the receiver is verified and who Herald is to it (mutual TLS).
     /// Not part of `template_hash` either: it changes how, not what, is sent.
     pub tls: TlsSettings,
-    /// Names of entries in `[secrets]`; all of them sign each request.
-    pub signing_secrets: Vec<String>,
+    /// Entries of `[secrets]` that sign its requests: every one whose
+    /// window holds at the time of the attempt.
+    pub signing_secrets: Vec<SigningKeyRef>,
     /// sha256 (hex) of the canonical form of the resolved definition.
     pub template_hash: String,
 }
@@ -370,23 +401,67 @@ impl Webhooks {
         source.resolve(reference)
     }
 
-    /// The signing keys of a webhook, resolved and parsed (`whsec_...`).
+    /// The keys that sign a webhook's requests at `now` (those whose
+    /// window holds), resolved and parsed (`whsec_...` or `whsk_...`).
     pub fn signing_secrets(
         &self,
         webhook: &Webhook,
         source: &dyn SecretSource,
+        now: DateTime<Utc>,
     ) -> Result<Vec<SigningSecret>, SecretError> {
         webhook
             .signing_secrets
             .iter()
-            .map(|name| {
-                let value = self.resolve_secret(name, source)?;
-                SigningSecret::parse(value.expose()).map_err(|e| SecretError::Invalid {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })
-            })
+            .filter(|k| k.signs_at(now))
+            .map(|k| self.signing_key(k, source))
             .collect()
+    }
+
+    /// The public keys of a webhook's ed25519 signing keys, with their ids
+    /// and windows, for receivers (`GET /v1/webhooks/{id}/signing-keys`):
+    /// past, current and scheduled ones alike, so a receiver can trust a
+    /// key before it signs. HMAC secrets have no public half and are never
+    /// listed. A key that cannot be resolved is left out and named in the
+    /// second list (by its `[secrets]` name and why, never its value).
+    pub fn published_keys(
+        &self,
+        webhook: &Webhook,
+        source: &dyn SecretSource,
+        now: DateTime<Utc>,
+    ) -> (Vec<PublishedKey>, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut problems = Vec::new();
+        for k in &webhook.signing_secrets {
+            match self.signing_key(k, source) {
+                Ok(secret) => {
+                    if let (Some(kid), Some(public_key)) = (secret.key_id(), secret.public_key()) {
+                        keys.push(PublishedKey {
+                            kid,
+                            alg: "ed25519",
+                            public_key,
+                            not_before: k.not_before,
+                            not_after: k.not_after,
+                            signing: k.signs_at(now),
+                        });
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        (keys, problems)
+    }
+
+    /// One signing key, resolved and parsed.
+    pub fn signing_key(
+        &self,
+        key: &SigningKeyRef,
+        source: &dyn SecretSource,
+    ) -> Result<SigningSecret, SecretError> {
+        let value = self.resolve_secret(&key.name, source)?;
+        SigningSecret::parse(value.expose()).map_err(|e| SecretError::Invalid {
+            name: key.name.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// The headers of a stored request with secret references resolved,

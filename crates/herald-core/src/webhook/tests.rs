@@ -469,7 +469,7 @@ fn secrets_resolve_through_the_callers_source() {
         (SecretRef::Env("TOKEN".into()), "t0ps3cret".to_owned()),
         (SecretRef::Env("WHSEC".into()), whsec.clone()),
     ]);
-    let keys = set.signing_secrets(w, &source).unwrap();
+    let keys = set.signing_secrets(w, &source, Utc::now()).unwrap();
     assert_eq!(keys[0].to_whsec(), whsec);
     let request = set.render(w, &event(json!({}))).unwrap();
     let headers = set.resolve_headers(&request, &source).unwrap();
@@ -487,7 +487,7 @@ fn secrets_resolve_through_the_callers_source() {
     );
     let bad = HashMap::from([(SecretRef::Env("WHSEC".into()), "not-base64!".to_owned())]);
     assert!(
-        set.signing_secrets(w, &bad)
+        set.signing_secrets(w, &bad, Utc::now())
             .unwrap_err()
             .to_string()
             .starts_with("secret \"whsec\" is invalid: invalid signing secret: ")
@@ -720,4 +720,57 @@ fn tls_settings_are_validated_and_resolved_by_reference() {
     let plain = plain.get("w").unwrap();
     assert_eq!(plain.template_hash, w.template_hash);
     assert!(set.tls_material(plain, &source).unwrap().is_none());
+}
+
+#[test]
+fn signing_keys_sign_within_their_windows() {
+    let file = |entries: &str| {
+        format!(
+            "[secrets]\nold = {{ env = \"OLD\" }}\nnew = {{ env = \"NEW\" }}\n\
+             [[webhooks]]\nid = \"w\"\nevents = [\"*\"]\nurl = \"https://r.example/\"\nbody = '{{}}'\n\
+             signing_secrets = [{entries}]\n"
+        )
+    };
+    let set = Webhooks::from_toml(&file(
+        "{ secret = \"old\", not_after = \"2027-01-01T00:00:00Z\" }, { secret = \"new\", not_before = \"2026-12-01T00:00:00Z\" }",
+    ))
+    .unwrap();
+    let w = set.get("w").unwrap();
+    let old = SigningSecret::from_bytes(vec![1u8; 32]);
+    let new = SigningSecret::from_ed25519_seed([2u8; 32]).unwrap();
+    let source = HashMap::from([
+        (SecretRef::Env("OLD".into()), old.to_whsec()),
+        (SecretRef::Env("NEW".into()), new.to_whsec()),
+    ]);
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    for (now, want) in [
+        ("2026-11-30T23:59:59Z", vec![old.clone()]),
+        ("2026-12-15T00:00:00Z", vec![old.clone(), new.clone()]),
+        ("2027-01-01T00:00:00Z", vec![new.clone()]),
+    ] {
+        assert_eq!(
+            set.signing_secrets(w, &source, at(now)).unwrap(),
+            want,
+            "{now}"
+        );
+    }
+    // A plain list hashes as before windows existed; a window changes it.
+    let plain = Webhooks::from_toml(&file("\"old\", \"new\"")).unwrap();
+    let windowed = Webhooks::from_toml(&file("\"old\", { secret = \"new\" }")).unwrap();
+    assert_eq!(
+        plain.get("w").unwrap().template_hash,
+        windowed.get("w").unwrap().template_hash
+    );
+    assert_ne!(plain.get("w").unwrap().template_hash, w.template_hash);
+
+    assert_eq!(
+        errors(&file(
+            "{ secret = \"old\", not_before = \"tomorrow\" }, { secret = \"new\", not_before = \"2027-01-01T00:00:00Z\", not_after = \"2026-01-01T00:00:00Z\" }, \"new\""
+        )),
+        [
+            "webhooks.w.signing_secrets[0].not_before: \"tomorrow\" is not an RFC 3339 time such as \"2027-01-01T00:00:00Z\"",
+            "webhooks.w.signing_secrets[1].not_after: must be later than not_before",
+            "webhooks.w.signing_secrets: lists a secret twice",
+        ]
+    );
 }

@@ -127,6 +127,7 @@ pub async fn start(
         bail!("no API token configured: set {setting}");
     }
     let webhooks = Arc::new(webhooks);
+    let (keys_webhooks, keys_secrets) = (webhooks.clone(), secrets.clone());
     let tiers = Tiers::parse(&config.tiers).context("standalone.tiers")?;
     let ssrf = SsrfGuard::from_allow_list(&config.ssrf_allow).map_err(anyhow::Error::msg)?;
     let sender = HttpSender::new(SenderConfig {
@@ -163,6 +164,10 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let state = Arc::new(api::ApiState {
         backend: api::Backend::Standalone(engine.clone()),
+        signing_keys: api::SigningKeys {
+            webhooks: keys_webhooks,
+            secrets: keys_secrets,
+        },
         tokens: config.api_tokens.clone(),
         max_request_bytes: config.max_request_bytes,
     });
