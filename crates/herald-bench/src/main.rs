@@ -16,6 +16,9 @@
 //! - `circuit`: the circuit breaker against modelled receivers, without and
 //!   with it, in simulated time (no baseline: nothing here depends on the
 //!   machine).
+//! - `tls`: Herald's sender to a TLS receiver with a private CA, with and
+//!   without mutual TLS: pooled (steady state) and with a new connection per
+//!   request (`Connection: close`: the handshake cost).
 //! - `all`: every scenario, one after the other (what `scripts/test` runs
 //!   with `--quick`).
 //!
@@ -28,6 +31,7 @@ mod measure;
 mod pipeline;
 mod retry;
 mod store;
+mod tls;
 
 use std::time::{Duration, Instant};
 
@@ -40,13 +44,14 @@ use pipeline::{Pipeline, Shape};
 const CONCURRENCY: usize = 256;
 /// The API token of the Herald under measurement.
 const TOKEN: &str = "bench-token";
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "baseline",
     "standalone",
     "kafka",
     "retry",
     "store",
     "circuit",
+    "tls",
     "all",
 ];
 
@@ -219,6 +224,18 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
         }
         figures.insert("store".into(), Value::Object(adapters));
     }
+    if scenario == "tls" || all {
+        let mut kinds = Map::new();
+        for f in tls::run(opts).await? {
+            row(&format!("tls {}: requests/s", f.kind), f.rate, 0);
+            row("  as a ratio of baseline", f.rate / base, 3);
+            kinds.insert(
+                f.kind.into(),
+                json!({ "requests_per_s": f.rate, "ratio_to_baseline": f.rate / base }),
+            );
+        }
+        figures.insert("tls".into(), Value::Object(kinds));
+    }
     figures.insert("scenario".into(), json!(scenario));
     figures.insert("cores".into(), json!(cores()));
     figures.insert("phase_s".into(), json!(opts.phase().as_secs()));
@@ -238,18 +255,37 @@ async fn start(mode: &str, receiver_port: u16, shape: Shape) -> anyhow::Result<P
 /// receiver over keep-alive connections.
 async fn baseline(opts: &Opts) -> anyhow::Result<f64> {
     let rx = receiver(false).await?;
+    load(&rx, &format!("http://{}/hook", rx.addr), None, opts).await
+}
+
+/// Requests per second that [`CONCURRENCY`] workers of Herald's sender get
+/// through to `rx` at `url`, as `tls` (the default identity when `None`).
+pub(crate) async fn load(
+    rx: &measure::Receiver,
+    url: &str,
+    tls: Option<herald_core::TlsMaterial>,
+    opts: &Opts,
+) -> anyhow::Result<f64> {
     let http = measure::client();
-    let url = format!("http://{}/hook", rx.addr);
     let body = bytes::Bytes::from_static(br#"{"id": "baseline"}"#);
+    let tls = std::sync::Arc::new(tls);
+    let before = rx.count.load(std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + opts.phase();
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            let (http, url, body, tls) = (http.clone(), url.to_owned(), body.clone(), tls.clone());
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    http.send("POST", &url, &[], body.clone(), Duration::from_secs(10))
-                        .await;
+                    http.send_as(
+                        tls.as_ref().as_ref(),
+                        "POST",
+                        &url,
+                        &[],
+                        body.clone(),
+                        Duration::from_secs(10),
+                    )
+                    .await;
                 }
             })
         })
@@ -257,8 +293,6 @@ async fn baseline(opts: &Opts) -> anyhow::Result<f64> {
     for t in tasks {
         t.await?;
     }
-    Ok(
-        rx.count.load(std::sync::atomic::Ordering::Relaxed) as f64
-            / started.elapsed().as_secs_f64(),
-    )
+    let delivered = rx.count.load(std::sync::atomic::Ordering::Relaxed) - before;
+    Ok(delivered as f64 / started.elapsed().as_secs_f64())
 }

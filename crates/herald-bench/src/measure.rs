@@ -118,6 +118,16 @@ pub struct Receiver {
 }
 
 pub async fn receiver(fail_first: bool) -> anyhow::Result<Receiver> {
+    receiver_with(fail_first, None, false).await
+}
+
+/// The receiver over TLS (`tls`), and answering `Connection: close` when
+/// `close`, so every request opens a new connection: what a handshake costs.
+pub async fn receiver_with(
+    fail_first: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    close: bool,
+) -> anyhow::Result<Receiver> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let rx = Receiver {
         addr: listener.local_addr()?,
@@ -134,11 +144,12 @@ pub async fn receiver(fail_first: bool) -> anyhow::Result<Receiver> {
     );
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (count, arrivals, retries, failed) = (
+            let (count, arrivals, retries, failed, tls) = (
                 count.clone(),
                 arrivals.clone(),
                 retries.clone(),
                 failed.clone(),
+                tls.clone(),
             );
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -183,16 +194,44 @@ pub async fn receiver(fail_first: bool) -> anyhow::Result<Receiver> {
                         }
                         count.fetch_add(1, Ordering::Relaxed);
                         arrivals.lock().unwrap().entry(id).or_insert(now);
-                        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if close {
+                            r.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok(r)
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                match tls {
+                    None => serve(TokioIo::new(stream), svc).await,
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
     Ok(rx)
+}
+
+async fn serve<I, S>(io: TokioIo<I>, svc: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = hyper::Error,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, svc)
+        .await;
 }
 
 impl Receiver {
