@@ -115,6 +115,26 @@ fn assert_tls_error(a: &Attempt, reason: &str) {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// `[webhooks.tls]` trusting only the CA in `ca.pem`.
+const CUSTOM_ROOTS: &str = "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"";
+
+/// [`CUSTOM_ROOTS`] with the client certificate written by
+/// [`Files::client`] under `name`.
+fn mutual(name: &str) -> String {
+    format!("{CUSTOM_ROOTS}\nclient_cert = \"{name}_crt\"\nclient_key = \"{name}_key\"")
+}
+
+/// A TLS receiver that requires client certificates signed by a fresh CA,
+/// and a directory holding that CA as `ca.pem`.
+async fn mutual_receiver() -> (TestCa, TestReceiver, Files) {
+    let ca = TestCa::new("Bank Private CA");
+    let rx =
+        TestReceiver::start_tls(TestCa::server_config(&ca.server(&["127.0.0.1"]), Some(&ca))).await;
+    let files = Files::new();
+    files.write("ca.pem", &ca.pem());
+    (ca, rx, files)
+}
+
 #[tokio::test]
 async fn a_private_ca_is_trusted_only_where_the_webhook_names_it() {
     let ca = TestCa::new("Bank Private CA");
@@ -126,11 +146,7 @@ async fn a_private_ca_is_trusted_only_where_the_webhook_names_it() {
         &files,
         &[
             webhook("public", &url, ""),
-            webhook(
-                "custom",
-                &url,
-                "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"",
-            ),
+            webhook("custom", &url, CUSTOM_ROOTS),
             webhook(
                 "both",
                 &url,
@@ -156,7 +172,7 @@ async fn the_server_name_is_verified_and_can_be_set() {
     let files = Files::new();
     files.write("ca.pem", &ca.pem());
     let url = rx.https_url("127.0.0.1", "/hook");
-    let tls = "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"";
+    let tls = CUSTOM_ROOTS;
     let d = deliverer(
         &files,
         &[
@@ -176,25 +192,16 @@ async fn the_server_name_is_verified_and_can_be_set() {
 
 #[tokio::test]
 async fn mutual_tls_delivers_with_the_right_certificate_and_names_every_refusal() {
-    let ca = TestCa::new("Bank Private CA");
+    let (ca, rx, files) = mutual_receiver().await;
     let other = TestCa::new("Someone Else's CA");
-    let rx =
-        TestReceiver::start_tls(TestCa::server_config(&ca.server(&["127.0.0.1"]), Some(&ca))).await;
-    let files = Files::new();
-    files.write("ca.pem", &ca.pem());
     let herald = ca.client("herald");
     files.client("herald", &herald);
     files.client("foreign", &other.client("herald"));
     files.client("expired", &ca.expired_client("herald"));
     let url = rx.https_url("127.0.0.1", "/hook");
-    let tls = |client: &str| {
-        let mut t = "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"".to_owned();
-        if !client.is_empty() {
-            t.push_str(&format!(
-                "\nclient_cert = \"{client}_crt\"\nclient_key = \"{client}_key\""
-            ));
-        }
-        t
+    let tls = |client: &str| match client {
+        "" => CUSTOM_ROOTS.to_owned(),
+        c => mutual(c),
     };
     let d = deliverer(
         &files,
@@ -245,22 +252,11 @@ async fn mutual_tls_delivers_with_the_right_certificate_and_names_every_refusal(
 
 #[tokio::test]
 async fn a_certificate_replaced_on_disk_is_used_by_the_next_attempt() {
-    let ca = TestCa::new("Bank Private CA");
-    let rx =
-        TestReceiver::start_tls(TestCa::server_config(&ca.server(&["127.0.0.1"]), Some(&ca))).await;
-    let files = Files::new();
-    files.write("ca.pem", &ca.pem());
+    let (ca, rx, files) = mutual_receiver().await;
     let (old, new) = (ca.client("herald-2026"), ca.client("herald-2027"));
     files.client("herald", &old);
     let url = rx.https_url("127.0.0.1", "/hook");
-    let d = deliverer(
-        &files,
-        &webhook(
-            "rotated",
-            &url,
-            "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"\nclient_cert = \"herald_crt\"\nclient_key = \"herald_key\"",
-        ),
-    );
+    let d = deliverer(&files, &webhook("rotated", &url, &mutual("herald")));
     assert_eq!(attempt(&d, "rotated", 1).await.outcome, Outcome::Success);
     files.client("herald", &new);
     assert_eq!(attempt(&d, "rotated", 2).await.outcome, Outcome::Success);
@@ -274,20 +270,12 @@ async fn a_certificate_replaced_on_disk_is_used_by_the_next_attempt() {
 
 #[tokio::test]
 async fn two_identities_to_one_host_never_share_a_connection() {
-    let ca = TestCa::new("Bank Private CA");
-    let rx =
-        TestReceiver::start_tls(TestCa::server_config(&ca.server(&["127.0.0.1"]), Some(&ca))).await;
-    let files = Files::new();
-    files.write("ca.pem", &ca.pem());
+    let (ca, rx, files) = mutual_receiver().await;
     let (a, b) = (ca.client("team-a"), ca.client("team-b"));
     files.client("a", &a);
     files.client("b", &b);
     let url = rx.https_url("127.0.0.1", "/hook");
-    let tls = |c: &str| {
-        format!(
-            "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"\nclient_cert = \"{c}_crt\"\nclient_key = \"{c}_key\""
-        )
-    };
+    let tls = mutual;
     let d = deliverer(
         &files,
         &[
@@ -340,7 +328,7 @@ fn days_left_on_a_client_certificate_are_a_metric_read_at_each_scrape() {
         (d.year(), d.month() as u8, d.day() as u8)
     };
     files.client("ledger", &ca.client_until("herald", in_days(100)));
-    let tls = "[webhooks.tls]\nroots = \"custom\"\nca = \"ca_pem\"\nclient_cert = \"ledger_crt\"\nclient_key = \"ledger_key\"";
+    let tls = &mutual("ledger");
     let webhooks = definitions(
         &files,
         &[

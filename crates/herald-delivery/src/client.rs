@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ pub struct HttpSender {
     /// across identities. Keyed by a digest of the material: a certificate
     /// replaced on disk is a new identity on the next attempt.
     identities: Arc<Mutex<HashMap<IdentityKey, (PooledClient, u64)>>>,
+    /// Orders the identities by last use.
+    uses: Arc<AtomicU64>,
     resolver: GuardedResolver,
     guard: Arc<SsrfGuard>,
     config: Arc<SenderConfig>,
@@ -108,6 +111,7 @@ impl HttpSender {
         Self {
             client,
             identities: Arc::default(),
+            uses: Arc::default(),
             resolver,
             guard,
             config: Arc::new(config),
@@ -117,8 +121,8 @@ impl HttpSender {
     /// The pool of a TLS identity, built on first use.
     fn identity(&self, material: &TlsMaterial) -> Result<PooledClient, String> {
         let key = tls::identity_key(material);
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-        let tick = identities.values().map(|(_, t)| *t).max().unwrap_or(0) + 1;
         if let Some((client, used)) = identities.get_mut(&key) {
             *used = tick;
             return Ok(client.clone());

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use crate::standalone::engine::{AcceptError, Engine};
 
@@ -761,8 +761,11 @@ fn signing_keys(keys: &SigningKeys, webhook: &str) -> Resp {
     let (published, problems) = keys
         .webhooks
         .published_keys(w, keys.secrets.as_ref(), Utc::now());
+    // Debug, not warn: anyone may call this, and a log line per call would
+    // let them flood the log. The attempts that key would sign are
+    // refused with the same reason, recorded and visible.
     for problem in problems {
-        warn!(webhook = %w.id, %problem, "a signing key cannot be published");
+        debug!(webhook = %w.id, %problem, "a signing key cannot be published");
     }
     json_resp(
         StatusCode::OK,
