@@ -102,12 +102,7 @@ impl HttpSender {
         let guard = Arc::new(config.ssrf.clone());
         let resolver = GuardedResolver::new(&config.dns, guard.clone());
         // TLS verification is always on: webpki roots, no opt-out.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = pooled(&config, resolver.clone(), tls, None);
+        let client = pooled(&config, resolver.clone(), tls::default_config(), None);
         Self {
             client,
             identities: Arc::default(),

@@ -38,15 +38,30 @@ pub(crate) fn identity_key(m: &TlsMaterial) -> IdentityKey {
     h.finalize().into()
 }
 
+/// The default identity every webhook without `[webhooks.tls]` uses: the
+/// public roots, no client certificate.
+pub(crate) fn default_config() -> ClientConfig {
+    ClientConfig::builder()
+        .with_root_certificates(public_roots())
+        .with_no_client_auth()
+}
+
+/// Mozilla's roots, built in.
+fn public_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
 /// The rustls client configuration of `m`, and the name to verify when it
 /// is not the URL's host. Errors name the setting, never key material.
 pub(crate) fn client_config(
     m: &TlsMaterial,
 ) -> Result<(ClientConfig, Option<ServerName<'static>>), String> {
-    let mut roots = RootCertStore::empty();
-    if matches!(m.roots, Roots::Public | Roots::Both) {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+    let mut roots = match m.roots {
+        Roots::Public | Roots::Both => public_roots(),
+        Roots::Custom => RootCertStore::empty(),
+    };
     if let Some(ca) = &m.ca_pem {
         let certs = certificates(ca.expose(), "tls.ca")?;
         let (added, _ignored) = roots.add_parsable_certificates(certs);
@@ -161,18 +176,17 @@ pub fn client_certificate_not_after(
     webhook: &Webhook,
     secrets: &dyn SecretSource,
 ) -> Option<Result<DateTime<Utc>, String>> {
-    webhook.tls.client.as_ref()?;
-    let material = match webhooks.tls_material(webhook, secrets) {
-        Ok(Some(m)) => m,
-        Ok(None) => return None,
-        Err(e) => return Some(Err(e.to_string())),
-    };
-    let (cert, _) = material.client.as_ref()?;
+    // Only the certificate: the key and the CA bundle are not needed here.
+    let client = webhook.tls.client.as_ref()?;
     Some(
-        certificates(cert.expose(), "tls.client_cert").and_then(|chain| {
-            not_after(&chain[0])
-                .ok_or_else(|| "tls.client_cert: no readable validity period".to_owned())
-        }),
+        webhooks
+            .resolve_secret(&client.cert, secrets)
+            .map_err(|e| e.to_string())
+            .and_then(|cert| certificates(cert.expose(), "tls.client_cert"))
+            .and_then(|chain| {
+                not_after(&chain[0])
+                    .ok_or_else(|| "tls.client_cert: no readable validity period".to_owned())
+            }),
     )
 }
 
