@@ -694,6 +694,32 @@ async fn list_exhausted_returns_exactly_the_failed_ones(store: &dyn Notification
     assert_eq!(by_status(Status::RenderFailed).await, vec![unrendered.id]);
     let everything = listed_ids(store, ListQuery::new(&wh, range, 4)).await;
     assert_eq!(everything.len(), 7);
+
+    // The console's status counts agree with the listing.
+    let counts = store.count_statuses(&wh, range, 10_000).await.unwrap();
+    let want: std::collections::BTreeMap<&str, u64> = [
+        ("delivered", 3),
+        ("failed", 1),
+        ("retrying", 1),
+        ("pending", 1),
+        ("render_failed", 1),
+    ]
+    .into();
+    assert_eq!(counts.counts, want);
+    assert_eq!((counts.scanned, counts.complete), (7, true));
+    let other_counts = store.count_statuses(&other, range, 10_000).await.unwrap();
+    assert_eq!(other_counts.counts, [("failed", 1)].into());
+    // A bound below the total: either exact anyway, or marked incomplete
+    // with lower bounds.
+    let bounded = store.count_statuses(&wh, range, 2).await.unwrap();
+    if bounded.complete {
+        assert_eq!(bounded.counts, want);
+    } else {
+        assert!(bounded.scanned >= 2 && bounded.scanned < 7, "{bounded:?}");
+        for (status, n) in &bounded.counts {
+            assert!(*n <= want[status], "{bounded:?}");
+        }
+    }
 }
 
 async fn status_filter_pages_through_sparse_matches(store: &dyn NotificationStore) {

@@ -453,20 +453,22 @@ pub async fn serve_delivery(config: &str) -> anyhow::Result<()> {
         tokens: vec![TOKEN.into()],
         ..Default::default()
     };
-    let signing_keys = herald::api::SigningKeys {
+    let definitions = herald::api::Definitions {
         webhooks: Arc::new(load_webhooks(&config.webhooks)?),
         secrets: secrets(),
     };
+    let service =
+        herald_delivery::DeliveryService::bind(config.clone(), webhooks, secrets()).await?;
     let api = herald::api::start_kafka(
         &api_config,
         &config,
-        signing_keys,
+        definitions,
+        service.metrics().clone(),
         shutdown.clone(),
         &api_tasks,
     )
     .await?
     .context("api on")?;
-    let service = herald_delivery::DeliveryService::bind(config, webhooks, secrets()).await?;
     let worker = tokio::spawn(service.run(shutdown.clone()));
     ready(&api.to_string())?;
     until_stdin_closes().await?;

@@ -33,6 +33,21 @@ pub enum RenderError {
     UnknownWebhook(String),
 }
 
+impl RenderError {
+    /// Where in which template the error is, when the template engine knew:
+    /// (part, line, column), 1-based, as the message says it.
+    pub fn position(&self) -> Option<(&str, u32, u32)> {
+        let RenderError::Template { part, reason } = self else {
+            return None;
+        };
+        let at = reason.find("line ")?;
+        let rest = &reason[at + "line ".len()..];
+        let (line, rest) = rest.split_once(", column ")?;
+        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some((part, line.parse().ok()?, column.parse().ok()?))
+    }
+}
+
 /// The format of a body template, which decides the default escaping of
 /// `{{value}}` and the `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -642,6 +657,16 @@ mod tests {
 
     fn err(mode: Mode, template: &str, data: Value) -> String {
         render(mode, template, data).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_error_knows_its_position_when_the_engine_does() {
+        let e = render(Mode::Plain, "ok\n  {{data.name}}", json!({"data": {}})).unwrap_err();
+        assert_eq!(e.position(), Some(("body", 2, 3)), "{e}");
+        let e = render(Mode::Plain, "{{nope 1}}", json!({})).unwrap_err();
+        assert_eq!(e.position(), Some(("body", 1, 1)), "{e}");
+        let e = RenderError::InvalidHeaderValue { name: "x".into() };
+        assert_eq!(e.position(), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Kafka mode (consumer lag, waiting partitions, tier hops, invalid
 //! messages).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -185,6 +186,41 @@ impl Metrics {
         }
     }
 
+    /// This process's running totals per webhook, as the console's live
+    /// chart reads them: read from the counters above, so they are exactly
+    /// what `/metrics` shows. Webhooks with no attempt yet are absent.
+    pub fn webhook_totals(&self) -> BTreeMap<String, WebhookTotals> {
+        let mut totals: BTreeMap<String, WebhookTotals> = BTreeMap::new();
+        let mut add = |vec: &IntCounterVec, field: fn(&mut WebhookTotals, &str, u64)| {
+            for family in vec.collect() {
+                for m in family.get_metric() {
+                    let label = |name: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_owned())
+                    };
+                    let Some(webhook) = label("webhook") else {
+                        continue;
+                    };
+                    let outcome = label("outcome").unwrap_or_default();
+                    let value = m.get_counter().get_value() as u64;
+                    field(totals.entry(webhook).or_default(), &outcome, value);
+                }
+            }
+        };
+        add(&self.attempts, |t, outcome, n| {
+            if outcome == "success" {
+                t.delivered += n;
+            } else {
+                t.failed_attempts += n;
+            }
+        });
+        add(&self.retries, |t, _, n| t.retries_scheduled += n);
+        add(&self.exhausted, |t, _, n| t.exhausted += n);
+        totals
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         herald_ops::render(&self.registry)
@@ -217,6 +253,18 @@ impl Metrics {
             debug!("client certificate expiry already reported by this registry");
         }
     }
+}
+
+/// One webhook's running totals in this process ([`Metrics::webhook_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookTotals {
+    /// Attempts answered 2xx.
+    pub delivered: u64,
+    /// Attempts with any other outcome.
+    pub failed_attempts: u64,
+    pub retries_scheduled: u64,
+    /// Notifications whose automatic retries ran out.
+    pub exhausted: u64,
 }
 
 /// Computes `herald_delivery_client_certificate_days_left` when scraped.

@@ -18,7 +18,9 @@ use herald_core::{Accepted, Attempt, Notification, NotificationId, NotificationS
 
 pub use crate::error::{Result, StoreError};
 pub use crate::limits::{StoreLimits, truncate_marked};
-pub use crate::query::{Cursor, ListQuery, ListedNotification, MAX_PAGE_SIZE, Page, TimeRange};
+pub use crate::query::{
+    Cursor, ListQuery, ListedNotification, MAX_PAGE_SIZE, Page, StatusCounts, TimeRange,
+};
 
 /// A notification with all its attempts, as `GET /v1/notifications/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,4 +122,42 @@ pub trait NotificationStore: Send + Sync {
     /// order and pagination as [`NotificationStore::list`]; `query.status`
     /// is ignored.
     async fn list_exhausted(&self, query: &ListQuery) -> Result<Page>;
+
+    /// How many notifications of `webhook_id` created in `range` have each
+    /// projected status, looking at no more than `bound` of them (rounded
+    /// up to whole pages of up to [`MAX_PAGE_SIZE`], and reading no more
+    /// than twice the pages that takes): past it the counts are lower bounds
+    /// ([`StatusCounts::complete`] is `false`). Pages through
+    /// [`NotificationStore::list`], newest first.
+    async fn count_statuses(
+        &self,
+        webhook_id: &str,
+        range: TimeRange,
+        bound: u64,
+    ) -> Result<StatusCounts> {
+        let mut counts = StatusCounts::default();
+        let mut cursor = None;
+        let page_size = bound.clamp(1, u64::from(MAX_PAGE_SIZE)) as u32;
+        // Pages may come back empty (a page is bounded work, not a number
+        // of rows): those count against the bound too.
+        let mut pages = 0u64;
+        let max_pages = bound.div_ceil(u64::from(page_size)) * 2;
+        loop {
+            pages += 1;
+            let query = ListQuery::new(webhook_id, range, page_size).with_cursor(cursor);
+            let page = self.list(&query).await?;
+            for item in &page.items {
+                *counts.counts.entry(item.state.status.as_str()).or_default() += 1;
+            }
+            counts.scanned += page.items.len() as u64;
+            match page.next_cursor {
+                None => {
+                    counts.complete = true;
+                    return Ok(counts);
+                }
+                Some(_) if counts.scanned >= bound || pages >= max_pages => return Ok(counts),
+                next => cursor = next,
+            }
+        }
+    }
 }

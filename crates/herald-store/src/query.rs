@@ -85,6 +85,19 @@ pub struct ListedNotification {
     pub state: NotificationState,
 }
 
+/// How many notifications of one webhook in a range have each status, as
+/// [`crate::NotificationStore::count_statuses`] counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusCounts {
+    /// By status; statuses with no notification are absent.
+    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Notifications looked at.
+    pub scanned: u64,
+    /// `false`: the scan stopped at its bound, so every count is a lower
+    /// bound.
+    pub complete: bool,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::query::{attempt_write_ts, from_ms, status_write_ts, to_ms};
 use crate::{
     Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
-    StoreError, StoreLimits,
+    StatusCounts, StoreError, StoreLimits, TimeRange,
 };
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
@@ -408,6 +408,41 @@ impl NotificationStore for SqliteStore {
 
     async fn list_exhausted(&self, query: &ListQuery) -> Result<Page> {
         self.list_where(query, Some(Status::Failed)).await
+    }
+
+    /// One grouped query on the listing index: exact whatever the bound.
+    async fn count_statuses(
+        &self,
+        webhook_id: &str,
+        range: TimeRange,
+        _bound: u64,
+    ) -> Result<StatusCounts> {
+        let (from, to) = range.millis();
+        let webhook = webhook_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT s.status, count(*) FROM notifications n \
+                 JOIN notification_state s ON s.notification_id = n.notification_id \
+                 WHERE n.webhook_id = ?1 AND n.created_at >= ?2 AND n.created_at < ?3 \
+                 GROUP BY s.status",
+            )?;
+            let mut rows = stmt.query(params![webhook, from, to])?;
+            let mut counts = StatusCounts {
+                complete: true,
+                ..StatusCounts::default()
+            };
+            while let Some(row) = rows.next()? {
+                let status: String = row.get(0)?;
+                let n: i64 = row.get(1)?;
+                let status = status
+                    .parse::<Status>()
+                    .map_err(|e| StoreError::Corrupt(format!("stored status: {e}")))?;
+                counts.counts.insert(status.as_str(), n as u64);
+                counts.scanned += n as u64;
+            }
+            Ok(counts)
+        })
+        .await
     }
 }
 

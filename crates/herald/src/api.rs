@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::console;
 use crate::standalone::engine::{AcceptError, Engine};
 
 /// Section `[api]`: the notification API of Kafka mode, served by every
@@ -102,6 +103,8 @@ pub enum Backend {
         topics: Topics,
         /// For the circuits topic (read whole, or a forced close produced).
         kafka: KafkaConfig,
+        /// The delivery worker's metrics, for `GET /v1/stats`.
+        metrics: herald_delivery::Metrics,
     },
 }
 
@@ -110,6 +113,14 @@ impl Backend {
         match self {
             Backend::Standalone(engine) => engine.store().as_ref(),
             Backend::Kafka { store, .. } => store.as_ref(),
+        }
+    }
+
+    /// The delivery metrics of this process.
+    fn metrics(&self) -> &herald_delivery::Metrics {
+        match self {
+            Backend::Standalone(engine) => &engine.metrics.delivery,
+            Backend::Kafka { metrics, .. } => metrics,
         }
     }
 
@@ -194,11 +205,11 @@ impl Backend {
     }
 }
 
-/// Where the published signing keys come from: the definitions and the
-/// secret source of the process, read at each request (a rotated key file
-/// shows at once).
+/// The process's webhook definitions and secret source: what the published
+/// signing keys, the webhook list and template previews come from. Secrets
+/// are read at each request (a rotated key file shows at once).
 #[derive(Clone)]
-pub struct SigningKeys {
+pub struct Definitions {
     pub webhooks: Arc<Webhooks>,
     pub secrets: Arc<dyn SecretSource + Send + Sync>,
 }
@@ -206,7 +217,7 @@ pub struct SigningKeys {
 /// What the API needs.
 pub struct ApiState {
     pub backend: Backend,
-    pub signing_keys: SigningKeys,
+    pub definitions: Definitions,
     /// Accepted bearer tokens; never empty (checked at start-up).
     pub tokens: Vec<String>,
     /// Largest accepted request body.
@@ -220,7 +231,8 @@ pub struct ApiState {
 pub async fn start_kafka(
     config: &ApiConfig,
     delivery: &DeliveryConfig,
-    signing_keys: SigningKeys,
+    definitions: Definitions,
+    metrics: herald_delivery::Metrics,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Option<SocketAddr>> {
@@ -246,8 +258,9 @@ pub async fn start_kafka(
             producer,
             topics: Topics::new(&delivery.kafka),
             kafka: delivery.kafka.clone(),
+            metrics,
         },
-        signing_keys,
+        definitions,
         tokens,
         max_request_bytes: config.max_request_bytes,
     });
@@ -300,8 +313,14 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
         },
         // Public keys are public: receivers fetch them without a token.
         (&Method::GET, ["v1", "webhooks", webhook, "signing-keys"]) => {
-            signing_keys(&state.signing_keys, webhook)
+            signing_keys(&state.definitions, webhook)
         }
+        // The console's static files hold no data: every answer it shows
+        // comes from a /v1 call with the operator's token.
+        (&Method::GET, ["console", rest @ ..]) => match console::asset(rest) {
+            Some(resp) => resp,
+            None => not_found(&req),
+        },
         (_, ["v1", ..]) if !authorized(&state, &req) => error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -311,12 +330,20 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
         (&Method::GET, ["v1", "notifications"]) => {
             list(&state, req.uri().query().unwrap_or("")).await
         }
+        (&Method::GET, ["v1", "notifications", "counts"]) => {
+            counts(&state, req.uri().query().unwrap_or("")).await
+        }
         (&Method::POST, ["v1", "notifications", "resend"]) => bulk_resend(&state, req).await,
         // Not a notification id: the bulk route, with another method.
         (_, ["v1", "notifications", "resend"]) => method_not_allowed(&req, "POST"),
         (&Method::GET, ["v1", "notifications", id]) => get(&state, id).await,
         (&Method::POST, ["v1", "notifications", id, "resend"]) => resend(&state, id).await,
         (&Method::GET, ["v1", "circuits"]) => circuits(&state).await,
+        (&Method::GET, ["v1", "webhooks"]) => webhooks(&state.definitions),
+        (&Method::POST, ["v1", "webhooks", webhook, "preview"]) => {
+            preview(&state, webhook, req).await
+        }
+        (&Method::GET, ["v1", "stats"]) => stats(&state),
         (&Method::POST, ["v1", "circuits", webhook, "close"]) => {
             close_circuit(&state, webhook).await
         }
@@ -339,6 +366,9 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         ["v1", "circuits"] => "GET",
         ["v1", "circuits", _, "close"] => "POST",
         ["v1", "webhooks", _, "signing-keys"] => "GET",
+        ["v1", "webhooks"] | ["v1", "stats"] => "GET",
+        ["v1", "webhooks", _, "preview"] => "POST",
+        ["console", ..] => "GET",
         _ => return None,
     })
 }
@@ -555,8 +585,26 @@ async fn resend(state: &ApiState, id: &str) -> Resp {
     }
 }
 
-/// The longest `from..to` of one bulk re-send.
+/// The longest `from..to` of one bulk re-send or count.
 pub const MAX_BULK_RANGE_DAYS: i64 = 366;
+
+/// Refuses a `from..to` longer than [`MAX_BULK_RANGE_DAYS`] for what walks
+/// the whole range (a bulk re-send, a count), so one request cannot walk
+/// centuries of day partitions (the CQL index has one per webhook and day).
+fn within_range_bound(range: &TimeRange, what: &str) -> Result<(), ApiError> {
+    let span = range.to - range.from;
+    if span <= chrono::Duration::days(MAX_BULK_RANGE_DAYS) {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::BAD_REQUEST,
+        "range_too_large",
+        format!(
+            "from..to spans {} days; {what} covers at most {MAX_BULK_RANGE_DAYS} days: split it into several",
+            span.num_days()
+        ),
+    ))
+}
 
 /// Query parameters shared by listing and bulk re-send.
 struct Filter {
@@ -662,15 +710,24 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
         );
     };
     let mut params = Vec::with_capacity(object.len());
+    let mut dry_run = false;
     for (k, v) in object {
-        if !["webhook", "status", "from", "to"].contains(&k.as_str()) {
+        if !["webhook", "status", "from", "to", "dry_run"].contains(&k.as_str()) {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
-                &format!("unknown field {k:?}: expected webhook, status, from and to"),
+                &format!("unknown field {k:?}: expected webhook, status, from, to and dry_run"),
             );
         }
         match v {
+            Value::Bool(b) if k == "dry_run" => dry_run = *b,
+            _ if k == "dry_run" => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    &format!("dry_run: expected true or false, got {v}"),
+                );
+            }
             Value::String(s) => params.push((k.clone(), s.clone())),
             other => {
                 return error(
@@ -685,23 +742,136 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    // Bounded, so one request cannot walk centuries of day partitions (the
-    // CQL index has one per webhook and day).
-    let span = f.range.to - f.range.from;
-    if span > chrono::Duration::days(MAX_BULK_RANGE_DAYS) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "range_too_large",
-            &format!(
-                "from..to spans {} days; a bulk re-send covers at most {MAX_BULK_RANGE_DAYS} days: split it into several",
-                span.num_days()
+    if let Err(e) = within_range_bound(&f.range, "a bulk re-send") {
+        return e.into_response();
+    }
+    if dry_run {
+        // What the re-send would select, counted the way the console's
+        // status counts are: nothing is queued.
+        let status = f.status.unwrap_or(Status::Failed);
+        return match state
+            .backend
+            .store()
+            .count_statuses(&f.webhook, f.range, COUNT_BOUND)
+            .await
+        {
+            Ok(c) => json_resp(
+                StatusCode::OK,
+                json!({
+                    "matched": c.counts.get(status.as_str()).copied().unwrap_or(0),
+                    "complete": c.complete,
+                }),
             ),
-        );
+            Err(e) => ApiError::store(e).into_response(),
+        };
     }
     match state.backend.bulk_resend(f).await {
         Ok(queued) => json_resp(StatusCode::ACCEPTED, json!({ "queued": queued })),
         Err(e) => e.into_response(),
     }
+}
+
+/// The most notifications one count looks at (the SQLite store counts
+/// exactly whatever the number; the CQL store pages through the listing).
+pub const COUNT_BOUND: u64 = 50_000;
+
+/// `GET /v1/notifications/counts?webhook&from&to`: notifications per
+/// status, for the console's filters.
+async fn counts(state: &ApiState, query: &str) -> Resp {
+    let f = match filter(&query_pairs(query)) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = within_range_bound(&f.range, "a count") {
+        return e.into_response();
+    }
+    match state
+        .backend
+        .store()
+        .count_statuses(&f.webhook, f.range, COUNT_BOUND)
+        .await
+    {
+        Ok(c) => json_resp(
+            StatusCode::OK,
+            json!({
+                "webhook": f.webhook,
+                "counts": c.counts,
+                "total": c.scanned,
+                "complete": c.complete,
+            }),
+        ),
+        Err(e) => ApiError::store(e).into_response(),
+    }
+}
+
+/// `GET /v1/webhooks`: the defined webhooks, without URLs or headers (a
+/// URL may carry a receiver's credentials).
+fn webhooks(definitions: &Definitions) -> Resp {
+    let list: Vec<Value> = definitions
+        .webhooks
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id,
+                "description": w.description,
+                "enabled": w.enabled,
+                "events": w.events,
+            })
+        })
+        .collect();
+    json_resp(StatusCode::OK, json!({ "webhooks": list }))
+}
+
+/// `POST /v1/webhooks/{webhook}/preview` with a CloudEvent as the body:
+/// the request the webhook would send for it (`herald template render`),
+/// or where its template fails. Nothing is stored or sent.
+async fn preview(state: &ApiState, webhook: &str, req: Request<Incoming>) -> Resp {
+    let set = &state.definitions.webhooks;
+    let Some(w) = set.get(webhook) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no webhook {:?}", herald_core::text::one_line(webhook, 128)),
+        );
+    };
+    let body = match read_body(state, req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let event = match CloudEvent::from_json(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_event", &e.to_string()),
+    };
+    let matches = w.matches(&event);
+    match set.render(w, &event) {
+        Ok(request) => json_resp(
+            StatusCode::OK,
+            json!({ "webhook": w.id, "matches": matches, "request": request }),
+        ),
+        Err(e) => {
+            let position = e.position().map(
+                |(part, line, column)| json!({ "part": part, "line": line, "column": column }),
+            );
+            json_resp(
+                StatusCode::OK,
+                json!({
+                    "webhook": w.id,
+                    "matches": matches,
+                    "error": { "message": e.to_string(), "position": position },
+                }),
+            )
+        }
+    }
+}
+
+/// `GET /v1/stats`: this process's delivery totals per webhook, from its
+/// own metrics; the console charts the differences between two reads.
+fn stats(state: &ApiState) -> Resp {
+    let totals = state.backend.metrics().webhook_totals();
+    json_resp(
+        StatusCode::OK,
+        json!({ "at": Utc::now(), "webhooks": totals }),
+    )
 }
 
 fn json_resp(status: StatusCode, value: Value) -> Resp {
@@ -750,7 +920,7 @@ async fn circuits(state: &ApiState) -> Resp {
 }
 
 /// The public keys a webhook's `v1a` signatures verify with.
-fn signing_keys(keys: &SigningKeys, webhook: &str) -> Resp {
+fn signing_keys(keys: &Definitions, webhook: &str) -> Resp {
     let Some(w) = keys.webhooks.get(webhook) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -239,25 +239,27 @@ fn main() -> ExitCode {
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
                 let api_tasks = TaskTracker::new();
                 // The API publishes the same definitions' signing keys.
-                let signing_keys = api::SigningKeys {
+                let definitions = api::Definitions {
                     webhooks: Arc::new(load_webhooks(&file.delivery.webhooks)?),
                     secrets: Arc::new(EnvAndFileSecrets),
                 };
+                let service = herald_delivery::DeliveryService::bind(
+                    file.delivery.clone(),
+                    webhooks,
+                    Arc::new(EnvAndFileSecrets),
+                )
+                .await?;
+                // The API's live counters are this worker's own metrics.
                 api::start_kafka(
                     &file.api,
                     &file.delivery,
-                    signing_keys,
+                    definitions,
+                    service.metrics().clone(),
                     shutdown.clone(),
                     &api_tasks,
                 )
                 .await?;
-                let worker = herald_delivery::service::run(
-                    file.delivery,
-                    webhooks,
-                    Arc::new(EnvAndFileSecrets),
-                    shutdown.clone(),
-                )
-                .await;
+                let worker = service.run(shutdown.clone()).await;
                 // The worker may stop on its own (an error): the API stops too.
                 shutdown.cancel();
                 api_tasks.close();

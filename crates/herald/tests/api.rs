@@ -857,14 +857,21 @@ async fn every_documented_route_answers_as_documented() {
         for (method, op) in ops.as_object().unwrap() {
             let method = method.to_uppercase();
             let concrete = path.replace("{id}", &id).replace("{webhook}", "loans");
-            let url = if path == "/v1/notifications" {
+            let url = if ["/v1/notifications", "/v1/notifications/counts"].contains(&path.as_str())
+            {
                 format!("{concrete}?webhook=loans")
             } else {
                 concrete
             };
             let body = match (method.as_str(), path.as_str()) {
                 ("POST", "/v1/events") => Some(event("e10", "bank.loan.disbursed", "L-10")),
-                ("POST", "/v1/notifications/resend") => Some(json!({"webhook": "loans"})),
+                // The first documented 2xx is the dry run's 200.
+                ("POST", "/v1/notifications/resend") => {
+                    Some(json!({"webhook": "loans", "dry_run": true}))
+                }
+                ("POST", "/v1/webhooks/{webhook}/preview") => {
+                    Some(event("e11", "bank.loan.disbursed", "L-11"))
+                }
                 _ => None,
             };
             let secured = op
@@ -896,13 +903,211 @@ async fn every_documented_route_answers_as_documented() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11, "every route of the document was exercised");
+    assert_eq!(checked, 16, "every route of the document was exercised");
     // An unknown route is a JSON 404 of the documented error shape.
     let (status, value) = api.call("GET", "/v1/nope", Some(TOKEN), None).await;
     assert_eq!(
         (status, value["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// What the console reads: status counts that agree with the listing, a
+/// dry-run bulk re-send that queues nothing, a template preview that
+/// renders the stored bytes or says where the template fails, this
+/// process's totals, and its static files under a strict policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_routes_count_preview_and_report_without_side_effects() {
+    let (ok, down) = (TestReceiver::start().await, TestReceiver::start().await);
+    down.set_default(Reply::status(500));
+    let shutdown = CancellationToken::new();
+    let (api, running) = start(&ok, &down, shutdown.clone()).await;
+    let body = api
+        .accept(json!([
+            event("c1", "bank.loan.disbursed", "L-1"),
+            event("c2", "bank.client.created", "C-1")
+        ]))
+        .await;
+    let (loan, client) = (
+        body["notifications"][0].as_str().unwrap().to_owned(),
+        body["notifications"][1].as_str().unwrap().to_owned(),
+    );
+    let stored = api
+        .wait_record(&loan, "delivered", |r| r["state"]["status"] == "delivered")
+        .await;
+    api.wait_record(&client, "failed", |r| r["state"]["status"] == "failed")
+        .await;
+
+    let get = |path: String| {
+        let api = &api;
+        async move {
+            let (status, v) = api.call("GET", &path, Some(TOKEN), None).await;
+            assert_eq!(status, 200, "{path}: {v}");
+            v
+        }
+    };
+    let counts = get("/v1/notifications/counts?webhook=clients".into()).await;
+    assert_eq!(counts["counts"], json!({"failed": 1}), "{counts}");
+    assert_eq!(
+        (counts["total"].as_u64(), counts["complete"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let counts = get("/v1/notifications/counts?webhook=loans".into()).await;
+    assert_eq!(counts["counts"], json!({"delivered": 1}), "{counts}");
+    // A count walks its whole range: bounded like a bulk re-send.
+    let (status, long) = api
+        .call(
+            "GET",
+            "/v1/notifications/counts?webhook=loans&from=1856-01-01T00:00:00Z",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, long["error"]["code"].as_str()),
+        (400, Some("range_too_large")),
+        "{long}"
+    );
+
+    // A dry run counts and queues nothing: no re-send request is stored.
+    let (status, dry) = api
+        .call(
+            "POST",
+            "/v1/notifications/resend",
+            Some(TOKEN),
+            Some(json!({"webhook": "clients", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &dry),
+        (200, &json!({"matched": 1, "complete": true}))
+    );
+    let db = rusqlite::Connection::open(&api.database).unwrap();
+    let queued: i64 = db
+        .query_row("SELECT count(*) FROM resend_requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 0, "a dry run queued a re-send");
+    let (status, bad) = api
+        .call(
+            "POST",
+            "/v1/notifications/resend",
+            Some(TOKEN),
+            Some(json!({"webhook": "clients", "dry_run": "yes"})),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_body"))
+    );
+
+    // The preview of the same event is the stored request, byte for byte.
+    let (status, preview) = api
+        .call(
+            "POST",
+            "/v1/webhooks/loans/preview",
+            Some(TOKEN),
+            Some(event("c1", "bank.loan.disbursed", "L-1")),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["matches"], true);
+    assert_eq!(
+        preview["request"], stored["notification"]["content"]["rendered"],
+        "{preview}"
+    );
+    // A template failure says where; a broken event is a 400 that says why.
+    let mut no_amount = event("c3", "bank.loan.disbursed", "L-3");
+    no_amount["data"] = json!({});
+    let (status, preview) = api
+        .call(
+            "POST",
+            "/v1/webhooks/loans/preview",
+            Some(TOKEN),
+            Some(no_amount),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert!(preview.get("request").is_none(), "{preview}");
+    assert_eq!(
+        preview["error"]["position"],
+        json!({"part": "body", "line": 1, "column": 38}),
+        "{preview}"
+    );
+    assert!(
+        preview["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `data.amount`"),
+        "{preview}"
+    );
+    let (status, bad) = api
+        .call(
+            "POST",
+            "/v1/webhooks/loans/preview",
+            Some(TOKEN),
+            Some(json!({"id": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_event"))
+    );
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/webhooks/nope/preview",
+            Some(TOKEN),
+            Some(event("c1", "bank.loan.disbursed", "L-1")),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // The totals are this process's counters: 1 delivery, 3 failed attempts.
+    let stats = get("/v1/stats".into()).await;
+    assert_eq!(stats["webhooks"]["loans"]["delivered"], 1, "{stats}");
+    assert_eq!(
+        stats["webhooks"]["clients"]["failed_attempts"], 3,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["webhooks"]["clients"]["retries_scheduled"], 2,
+        "{stats}"
+    );
+    assert_eq!(stats["webhooks"]["clients"]["exhausted"], 1, "{stats}");
+
+    // The webhook list names the webhooks and never their URLs.
+    let list = get("/v1/webhooks".into()).await;
+    let ids: Vec<&str> = list["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["loans", "clients"]);
+    assert!(!list.to_string().contains("127.0.0.1"), "{list}");
+
+    // The console's files: no token needed, a same-origin policy.
+    let addr: std::net::SocketAddr = api.base.trim_start_matches("http://").parse().unwrap();
+    for path in ["/console", "/console/app.js", "/console/app.css"] {
+        let resp = raw(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(resp.starts_with("http/1.1 200"), "{path}: {resp:.200}");
+        assert!(
+            resp.contains("content-security-policy: default-src 'none'; script-src 'self';"),
+            "{path}: {resp:.400}"
+        );
+    }
+    let resp = raw(
+        addr,
+        "GET /console/../Cargo.toml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("http/1.1 404"), "{resp:.200}");
     shutdown.cancel();
     running.wait().await;
 }

@@ -164,7 +164,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let state = Arc::new(api::ApiState {
         backend: api::Backend::Standalone(engine.clone()),
-        signing_keys: api::SigningKeys {
+        definitions: api::Definitions {
             webhooks: keys_webhooks,
             secrets: keys_secrets,
         },
