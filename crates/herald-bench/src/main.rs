@@ -19,6 +19,10 @@
 //! - `tls`: Herald's sender to a TLS receiver with a private CA, with and
 //!   without mutual TLS: pooled (steady state) and with a new connection per
 //!   request (`Connection: close`: the handshake cost).
+//! - `console`: the console's history page in headless Chromium with
+//!   100,000 notifications in the store (`--quick`: 10,000), both modes:
+//!   time to the first render against the same page with an empty history,
+//!   and API calls per page view (needs the bootstrap venv's Playwright).
 //! - `all`: every scenario, one after the other (what `scripts/test` runs
 //!   with `--quick`).
 //!
@@ -26,6 +30,7 @@
 //! minutes, `--quick` about one.
 
 mod circuit;
+mod console;
 mod e2e;
 mod measure;
 mod pipeline;
@@ -44,7 +49,7 @@ use pipeline::{Pipeline, Shape};
 const CONCURRENCY: usize = 256;
 /// The API token of the Herald under measurement.
 const TOKEN: &str = "bench-token";
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "baseline",
     "standalone",
     "kafka",
@@ -52,6 +57,7 @@ const SCENARIOS: [&str; 8] = [
     "store",
     "circuit",
     "tls",
+    "console",
     "all",
 ];
 
@@ -235,6 +241,38 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
             );
         }
         figures.insert("tls".into(), Value::Object(kinds));
+    }
+    if scenario == "console" || all {
+        match console::run(opts).await? {
+            None => println!("console: skipped (no Playwright; run scripts/lib/bootstrap)"),
+            Some(modes) => {
+                let mut by_mode = Map::new();
+                for f in modes {
+                    let stored = format!("console {}: notifications stored", f.mode);
+                    row(&stored, f.notifications as f64, 0);
+                    row("  history first render (ms)", f.full_ms, 0);
+                    row("  spread of 3 (ms)", f.full_spread_ms, 0);
+                    row("  empty history, same run (ms)", f.empty_ms, 0);
+                    row(
+                        "  as a ratio of the empty history",
+                        f.full_ms / f.empty_ms,
+                        2,
+                    );
+                    row("  status counts shown (ms)", f.counts_ms, 0);
+                    row("  API calls per page view", f.api_calls as f64, 0);
+                    by_mode.insert(
+                        f.mode.into(),
+                        json!({
+                            "notifications": f.notifications, "first_render_ms": f.full_ms,
+                            "spread_ms": f.full_spread_ms, "empty_ms": f.empty_ms,
+                            "ratio_to_empty": f.full_ms / f.empty_ms, "counts_ms": f.counts_ms,
+                            "api_calls": f.api_calls,
+                        }),
+                    );
+                }
+                figures.insert("console".into(), Value::Object(by_mode));
+            }
+        }
     }
     figures.insert("scenario".into(), json!(scenario));
     figures.insert("cores".into(), json!(cores()));

@@ -18,7 +18,7 @@ use crate::Opts;
 use crate::pipeline::event;
 
 /// Notifications per append, as ingest batches them.
-const BATCH: usize = 100;
+pub(crate) const BATCH: usize = 100;
 /// Concurrent writers.
 const WRITERS: usize = 16;
 
@@ -59,17 +59,66 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figures>> {
     Ok(out)
 }
 
+/// The webhook every bench write is for.
+pub(crate) const WEBHOOK: &str = "[[webhooks]]\nid = \"bench\"\nevents = [\"bank.*\"]\nurl = \"https://receiver.example/hook\"\nbody = '{\"id\": {{json id}}, \"amount\": \"{{money data.amount_minor data.currency}}\"}'\n";
+
+pub(crate) fn webhooks(toml: &str) -> anyhow::Result<Webhooks> {
+    Webhooks::from_toml(toml).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Appends [`BATCH`] fresh notifications (events `{prefix}-{i}`), then one
+/// attempt for each, answered 2xx where `delivered(i)` and exhausting its
+/// retries otherwise: what a settled notification costs the store. Returns
+/// how many notifications it wrote.
+pub(crate) async fn write_batch(
+    store: &dyn NotificationStore,
+    webhooks: &Webhooks,
+    prefix: &str,
+    delivered: impl Fn(u64) -> bool,
+) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    let batch: Vec<_> = (0..BATCH as u64)
+        .flat_map(|i| {
+            let e =
+                CloudEvent::from_value(event(&format!("{prefix}-{i}"), i)).expect("bench event");
+            webhooks.notifications(&e, now)
+        })
+        .collect();
+    store.append_notifications(&batch).await?;
+    let attempts: Vec<Attempt> = batch
+        .iter()
+        .zip(0u64..)
+        .map(|(n, i)| {
+            let ok = delivered(i);
+            Attempt {
+                notification_id: n.id,
+                attempt_id: Uuid::now_v7(),
+                attempt_no: 1,
+                trigger: Trigger::Auto,
+                started_at: now,
+                duration_ms: 3,
+                outcome: if ok {
+                    Outcome::Success
+                } else {
+                    Outcome::HttpError
+                },
+                http_status: Some(if ok { 200 } else { 500 }),
+                error: (!ok).then(|| "http 500".into()),
+                response_excerpt: Some("ok".into()),
+                next_attempt_at: None,
+            }
+        })
+        .collect();
+    store.append_attempts(&attempts).await?;
+    Ok(batch.len())
+}
+
 async fn measure(
     adapter: &'static str,
     store: Arc<dyn NotificationStore>,
     phase: Duration,
 ) -> anyhow::Result<Figures> {
-    let webhooks = Arc::new(
-        Webhooks::from_toml(
-            "[[webhooks]]\nid = \"bench\"\nevents = [\"bank.*\"]\nurl = \"https://receiver.example/hook\"\nbody = '{\"id\": {{json id}}, \"amount\": \"{{money data.amount_minor data.currency}}\"}'\n",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let webhooks = Arc::new(webhooks(WEBHOOK)?);
     let (notifications, attempts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let deadline = Instant::now() + phase;
     let started = Instant::now();
@@ -82,34 +131,10 @@ async fn measure(
                     if Instant::now() >= deadline {
                         break;
                     }
-                    let now = Utc::now();
-                    let batch: Vec<_> = (0..BATCH as u64)
-                        .flat_map(|i| {
-                            let id = format!("{adapter}-{w}-{round}-{i}");
-                            let e = CloudEvent::from_value(event(&id, i)).expect("bench event");
-                            webhooks.notifications(&e, now)
-                        })
-                        .collect();
-                    store.append_notifications(&batch).await?;
-                    notifications.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    let done: Vec<Attempt> = batch
-                        .iter()
-                        .map(|n| Attempt {
-                            notification_id: n.id,
-                            attempt_id: Uuid::now_v7(),
-                            attempt_no: 1,
-                            trigger: Trigger::Auto,
-                            started_at: now,
-                            duration_ms: 3,
-                            outcome: Outcome::Success,
-                            http_status: Some(200),
-                            error: None,
-                            response_excerpt: Some("ok".into()),
-                            next_attempt_at: None,
-                        })
-                        .collect();
-                    store.append_attempts(&done).await?;
-                    attempts.fetch_add(done.len() as u64, Ordering::Relaxed);
+                    let prefix = format!("{adapter}-{w}-{round}");
+                    let n = write_batch(store.as_ref(), &webhooks, &prefix, |_| true).await?;
+                    notifications.fetch_add(n as u64, Ordering::Relaxed);
+                    attempts.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 anyhow::Ok(())
             })

@@ -254,6 +254,8 @@ async function viewHistory(root, _arg, query) {
     cursor ? el("a", { href: nav(null) }, "First page") : null,
     page.next_cursor ? el("a", { href: nav(page.next_cursor), id: "older" }, "Older") : null);
   document.body.dataset.rendered = "history";
+  // For herald-bench console: time to the first render, and API calls.
+  document.body.dataset.renderedMs = String(Math.round(performance.now()));
 
   // The counts come after the page: a long range takes longer to count.
   api("GET", `/v1/notifications/counts?${range}`).then((c) => {
@@ -264,6 +266,7 @@ async function viewHistory(root, _arg, query) {
     for (const opt of statusSelect.options) {
       if (opt.value) opt.textContent = `${opt.value} (${c.counts[opt.value] || 0}${mark})`;
     }
+    document.body.dataset.countedMs = String(Math.round(performance.now()));
   }).catch((e) => { countsLine.textContent = `Counts unavailable: ${e.message}`; });
 }
 
