@@ -21,14 +21,14 @@ use herald::standalone::{self, StandaloneConfig};
 use herald_core::SecretSource;
 use herald_delivery::DeliveryConfig;
 use herald_kafka::KafkaConfig;
-use herald_store::cql::{CqlConfig, CqlStore, Replication, connect_session, migrate};
+use herald_store::cql::CqlStore;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use herald_store::{NotificationStore, StoreLimits};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{BATCH, WEBHOOK, webhooks, write_batch};
+use crate::store::{BATCH, Keyspace, WEBHOOK, webhooks, write_batch};
 use crate::{Opts, TOKEN};
 
 const DRIVER: &str = include_str!("console.py");
@@ -90,17 +90,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Option<Vec<Figures>>> {
     out.push(figures("standalone", n, result?));
 
     // Kafka mode: fill a fresh keyspace, serve the delivery API on it.
-    let keyspace = format!("bench_console_{}", std::process::id());
-    let cql = CqlConfig::new(vec!["127.0.0.1:9042".into()], keyspace.clone());
-    let session = connect_session(&cql).await?;
-    migrate(
-        &session,
-        &keyspace,
-        &Replication::Simple {
-            replication_factor: 1,
-        },
-    )
-    .await?;
+    let keyspace = Keyspace::create("bench_console").await?;
+    let cql = keyspace.config.clone();
     fill(
         &CqlStore::connect(&cql, StoreLimits::default()).await?,
         &toml,
@@ -108,12 +99,12 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Option<Vec<Figures>>> {
     )
     .await?;
     let delivery = DeliveryConfig {
-        cql,
         kafka: KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
-            topic_prefix: format!("{keyspace}."),
+            topic_prefix: format!("{}.", cql.keyspace),
             ..KafkaConfig::default()
         },
+        cql,
         ..DeliveryConfig::default()
     };
     let api = ApiConfig {
@@ -141,9 +132,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Option<Vec<Figures>>> {
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
-        .await?;
+    keyspace.drop().await?;
     out.push(figures("kafka", n, result?));
     Ok(Some(out))
 }

@@ -40,23 +40,39 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figures>> {
     out.push(measure("sqlite", Arc::new(sqlite), opts.phase()).await?);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let keyspace = format!("bench_store_{}", std::process::id());
-    let config = CqlConfig::new(vec!["127.0.0.1:9042".into()], keyspace.clone());
-    let session = connect_session(&config).await?;
-    migrate(
-        &session,
-        &keyspace,
-        &Replication::Simple {
-            replication_factor: 1,
-        },
-    )
-    .await?;
-    let cql = CqlStore::connect(&config, StoreLimits::default()).await?;
+    let keyspace = Keyspace::create("bench_store").await?;
+    let cql = CqlStore::connect(&keyspace.config, StoreLimits::default()).await?;
     out.push(measure("cql (cassandra)", Arc::new(cql), opts.phase()).await?);
-    session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
-        .await?;
+    keyspace.drop().await?;
     Ok(out)
+}
+
+/// A fresh, migrated keyspace on the `scripts/infra` Cassandra, named after
+/// the scenario and this process.
+pub(crate) struct Keyspace {
+    pub config: CqlConfig,
+    session: scylla::client::session::Session,
+}
+
+impl Keyspace {
+    pub async fn create(scenario: &str) -> anyhow::Result<Self> {
+        let name = format!("{scenario}_{}", std::process::id());
+        let config = CqlConfig::new(vec!["127.0.0.1:9042".into()], name.clone());
+        let session = connect_session(&config).await?;
+        let replication = Replication::Simple {
+            replication_factor: 1,
+        };
+        migrate(&session, &name, &replication).await?;
+        Ok(Self { config, session })
+    }
+
+    pub async fn drop(self) -> anyhow::Result<()> {
+        let name = &self.config.keyspace;
+        self.session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
+            .await?;
+        Ok(())
+    }
 }
 
 /// The webhook every bench write is for.

@@ -20,7 +20,8 @@ use herald_delivery::service::{BulkResend, publish_bulk_resend, publish_resend};
 use herald_kafka::{KafkaConfig, Topics};
 use herald_store::cql::CqlStore;
 use herald_store::{
-    ListQuery, MAX_PAGE_SIZE, NotificationStore, Page, StoreError, StoreLimits, TimeRange,
+    ListQuery, MAX_PAGE_SIZE, NotificationStore, Page, StatusCounts, StoreError, StoreLimits,
+    TimeRange,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -742,19 +743,11 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = within_range_bound(&f.range, "a bulk re-send") {
-        return e.into_response();
-    }
     if dry_run {
         // What the re-send would select, counted the way the console's
         // status counts are: nothing is queued.
         let status = f.status.unwrap_or(Status::Failed);
-        return match state
-            .backend
-            .store()
-            .count_statuses(&f.webhook, f.range, COUNT_BOUND)
-            .await
-        {
+        return match count(state, &f, "a bulk re-send").await {
             Ok(c) => json_resp(
                 StatusCode::OK,
                 json!({
@@ -762,8 +755,11 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
                     "complete": c.complete,
                 }),
             ),
-            Err(e) => ApiError::store(e).into_response(),
+            Err(e) => e.into_response(),
         };
+    }
+    if let Err(e) = within_range_bound(&f.range, "a bulk re-send") {
+        return e.into_response();
     }
     match state.backend.bulk_resend(f).await {
         Ok(queued) => json_resp(StatusCode::ACCEPTED, json!({ "queued": queued })),
@@ -775,6 +771,18 @@ async fn bulk_resend(state: &ApiState, req: Request<Incoming>) -> Resp {
 /// exactly whatever the number; the CQL store pages through the listing).
 pub const COUNT_BOUND: u64 = 50_000;
 
+/// Statuses of the notifications `f` selects (its status aside), within
+/// the range bound.
+async fn count(state: &ApiState, f: &Filter, what: &str) -> Result<StatusCounts, ApiError> {
+    within_range_bound(&f.range, what)?;
+    state
+        .backend
+        .store()
+        .count_statuses(&f.webhook, f.range, COUNT_BOUND)
+        .await
+        .map_err(ApiError::store)
+}
+
 /// `GET /v1/notifications/counts?webhook&from&to`: notifications per
 /// status, for the console's filters.
 async fn counts(state: &ApiState, query: &str) -> Resp {
@@ -782,15 +790,7 @@ async fn counts(state: &ApiState, query: &str) -> Resp {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = within_range_bound(&f.range, "a count") {
-        return e.into_response();
-    }
-    match state
-        .backend
-        .store()
-        .count_statuses(&f.webhook, f.range, COUNT_BOUND)
-        .await
-    {
+    match count(state, &f, "a count").await {
         Ok(c) => json_resp(
             StatusCode::OK,
             json!({
@@ -800,7 +800,7 @@ async fn counts(state: &ApiState, query: &str) -> Resp {
                 "complete": c.complete,
             }),
         ),
-        Err(e) => ApiError::store(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

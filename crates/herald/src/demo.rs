@@ -229,6 +229,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     println!(
         "Try the API while it runs with --keep-running: curl -H 'Authorization: Bearer {token}' {api}/v1/notifications?webhook=crm-loan-disbursed"
     );
+    println!("or the console in a browser: {api}/console (token {token})");
 
     if keep_running {
         println!("\nKeeping Herald running; Ctrl-C to stop.");
