@@ -141,6 +141,15 @@ async fn happy_path_delivers_each_job_once_and_commits() {
         ),
         "{metrics}"
     );
+    // The store's own requests are reported: one attempt written for each.
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            r#"herald_store_requests_total{statement="insert_attempt"}"#
+        ),
+        30,
+        "{metrics}"
+    );
     for path in ["/healthz", "/readyz"] {
         let r = svc.get(path).await;
         assert_eq!(r.split_whitespace().nth(1), Some("200"), "{path}: {r}");

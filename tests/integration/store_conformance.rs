@@ -912,6 +912,56 @@ conformance!(
     bad_attempts_are_refused,
 );
 
+// --------------------------------------------------------- CQL-only extras
+
+/// The requests one delivered notification costs, statement by statement,
+/// as `herald_store_requests_total` reports them: the figure the write-path
+/// work is measured by.
+#[tokio::test]
+async fn cql_counts_every_request_by_statement() {
+    let Some(store) = cql_store("cql_counts_every_request_by_statement").await else {
+        return;
+    };
+    let sent = |store: &CqlStore| -> std::collections::BTreeMap<&'static str, u64> {
+        store
+            .requests()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    assert!(sent(&store).is_empty());
+    let n = notification(&unique_name("wh"), 1, at(0));
+    store
+        .append_notifications(std::slice::from_ref(&n))
+        .await
+        .unwrap();
+    let appended = [
+        ("insert_by_webhook", 1),
+        ("insert_initial_state", 1),
+        ("insert_notification", 1),
+        ("select_head", 1),
+    ];
+    assert_eq!(sent(&store), appended.into());
+    store
+        .append_attempts(&[attempt(&n, 1, at(1_000), Outcome::Success, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        sent(&store),
+        [
+            ("insert_attempt", 1),
+            ("insert_by_webhook", 1),
+            ("insert_count", 1),
+            ("insert_initial_state", 1),
+            ("insert_notification", 1),
+            ("insert_status", 1),
+            ("select_head", 2),
+            ("select_state", 1),
+        ]
+        .into()
+    );
+}
+
 // ------------------------------------------------------ SQLite-only extras
 
 #[tokio::test]

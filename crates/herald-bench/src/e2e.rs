@@ -33,6 +33,9 @@ pub struct Figures {
     pub latency: Percentiles,
     pub rss: Vec<(&'static str, f64)>,
     pub lag: Option<i64>,
+    /// Kafka mode: CQL requests per delivered notification, by service,
+    /// over the whole run (`herald_store_requests_total`).
+    pub cql_requests: Vec<(&'static str, f64)>,
 }
 
 /// Accepted-at instants by event id.
@@ -188,6 +191,15 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
     let Some(latency) = Percentiles::of(sample) else {
         bail!("{}: no latency sample", p.name);
     };
+    // Every notification of the run was delivered once (no failures): the
+    // requests of the whole run per delivery.
+    let total = rx.count.load(Ordering::Relaxed).max(1) as f64;
+    let mut cql_requests = Vec::new();
+    for (role, addr) in &p.ops {
+        let metrics = crate::measure::scrape(addr, "/metrics").await?;
+        let sent = herald_tests::kafka_world::metric_sum(&metrics, "herald_store_requests_total");
+        cql_requests.push((*role, sent as f64 / total));
+    }
     Ok(Figures {
         rate,
         cpu_ms_per_delivery,
@@ -196,5 +208,6 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
         latency,
         rss: p.peak_rss_mb(),
         lag,
+        cql_requests,
     })
 }

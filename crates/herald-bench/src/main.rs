@@ -166,6 +166,13 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
             if let Some(lag) = f.lag {
                 row("  consumer lag at the end (messages)", lag as f64, 0);
             }
+            if !f.cql_requests.is_empty() {
+                let all: f64 = f.cql_requests.iter().map(|(_, n)| n).sum();
+                row("  CQL requests per delivered notification", all, 2);
+                for (role, n) in &f.cql_requests {
+                    row(&format!("    of which {role}"), *n, 2);
+                }
+            }
             figures.insert(mode.into(), json!({
                 "deliveries_per_s": f.rate, "ratio_to_baseline": f.rate / base,
                 "cpu_ms_per_delivery": f.cpu_ms_per_delivery,
@@ -173,6 +180,7 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
                 "peak_rss_mb": f.rss.iter().map(|(r, mb)| (r.to_string(), json!(mb))).collect::<Map<String, Value>>(),
                 "latency_rate_per_s": f.half_rate, "p50_ms": f.latency.p50, "p95_ms": f.latency.p95,
                 "p99_ms": f.latency.p99, "max_ms": f.latency.max, "consumer_lag": f.lag,
+                "cql_requests_per_delivery": f.cql_requests.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<Map<String, Value>>(),
             }));
         }
     }

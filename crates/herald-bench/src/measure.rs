@@ -254,6 +254,20 @@ impl Receiver {
 
 /// The load generator's HTTP client: Herald's own sender, SSRF guard off
 /// (everything here is on loopback), as many idle connections as workers.
+/// The body of `GET path` at `addr` (HTTP/1.0: the server closes).
+pub async fn scrape(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
 pub fn client() -> HttpSender {
     HttpSender::new(SenderConfig {
         ssrf: SsrfGuard::disabled(),

@@ -128,6 +128,8 @@ pub struct Pipeline {
     pub api: String,
     input: Input,
     dir: PathBuf,
+    /// Kafka mode: where each service serves `/metrics`, by role.
+    pub ops: Vec<(&'static str, String)>,
     kafka: Option<KafkaParts>,
 }
 
@@ -190,6 +192,7 @@ impl Pipeline {
                 url: format!("http://{addr}/v1/events"),
             },
             dir,
+            ops: Vec::new(),
             kafka: None,
         })
     }
@@ -256,8 +259,9 @@ impl Pipeline {
         delivery["group_id"] = json!(delivery_group);
         delivery["tiers"] = json!(tiers);
         delivery["ssrf_allow"] = json!(["127.0.0.0/8"]);
-        let (ingest_child, _) = spawn_child(&["serve-ingest", &ingest.to_string()])?;
-        let (delivery_child, api) = spawn_child(&["serve-delivery", &delivery.to_string()])?;
+        let (ingest_child, ingest_ops) = spawn_child(&["serve-ingest", &ingest.to_string()])?;
+        let (delivery_child, ready) = spawn_child(&["serve-delivery", &delivery.to_string()])?;
+        let (api, delivery_ops) = ready.split_once(' ').context("delivery's READY line")?;
         Ok(Self {
             name: "kafka",
             children: vec![ingest_child, delivery_child],
@@ -267,6 +271,10 @@ impl Pipeline {
                 topic: input_topic.clone(),
             },
             dir,
+            ops: vec![
+                ("ingest", ingest_ops),
+                ("delivery", delivery_ops.to_owned()),
+            ],
             kafka: Some(KafkaParts {
                 keyspace: name,
                 ingest_group,
@@ -469,8 +477,9 @@ pub async fn serve_delivery(config: &str) -> anyhow::Result<()> {
     )
     .await?
     .context("api on")?;
+    let ops = service.local_addr();
     let worker = tokio::spawn(service.run(shutdown.clone()));
-    ready(&api.to_string())?;
+    ready(&format!("{api} {ops}"))?;
     until_stdin_closes().await?;
     shutdown.cancel();
     worker.await??;

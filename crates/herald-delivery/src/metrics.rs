@@ -226,6 +226,11 @@ impl Metrics {
         herald_ops::render(&self.registry)
     }
 
+    /// Report the store's request counts (`herald_store_requests_total`).
+    pub fn watch_store(&self, store: Arc<dyn herald_store::NotificationStore>) {
+        herald_ops::watch_store_requests(&self.registry, move || store.requests());
+    }
+
     /// Report, at every scrape, the days left on each webhook's client
     /// certificate (`herald_delivery_client_certificate_days_left`),
     /// read from its secret then, so a renewed file shows at once. A

@@ -54,6 +54,11 @@ impl Metrics {
         Self::register(&Registry::new())
     }
 
+    /// Report the store's request counts (`herald_store_requests_total`).
+    pub fn watch_store(&self, store: std::sync::Arc<dyn herald_store::NotificationStore>) {
+        herald_ops::watch_store_requests(&self.registry, move || store.requests());
+    }
+
     /// The ingest metrics, registered in `registry` (standalone shares one
     /// registry with the delivery metrics). [`Metrics::render`] renders all
     /// of that registry.

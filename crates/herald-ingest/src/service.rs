@@ -90,6 +90,7 @@ pub async fn start(
     info!(%addr, "ingest endpoints listening");
 
     let store = connect_store(&config, &shutdown, &metrics).await?;
+    metrics.watch_store(store.clone());
 
     let producer: FutureProducer<ProducerContext> = config
         .kafka

@@ -188,6 +188,51 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
     r
 }
 
+/// Reports `herald_store_requests_total{statement}` at every scrape from
+/// `sample`: the store's own request counts
+/// (`NotificationStore::requests`), under one name in every service.
+/// Registering twice in one registry is a no-op.
+pub fn watch_store_requests(
+    registry: &Registry,
+    sample: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+) {
+    let counters = IntCounterVec::new(
+        Opts::new(
+            "herald_store_requests_total",
+            "Requests this process has sent to the notification store's database (CQL statements), by statement.",
+        ),
+        &["statement"],
+    )
+    .expect("valid metric");
+    let sampled = Sampled {
+        counters,
+        sample: Box::new(sample),
+    };
+    if registry.register(Box::new(sampled)).is_err() {
+        debug!("store requests already reported by this registry");
+    }
+}
+
+/// Counters whose totals are kept elsewhere and read when scraped.
+struct Sampled {
+    counters: IntCounterVec,
+    sample: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+}
+
+impl Collector for Sampled {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counters.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.counters.reset();
+        for (label, total) in (self.sample)() {
+            self.counters.with_label_values(&[label]).inc_by(total);
+        }
+        self.counters.collect()
+    }
+}
+
 /// Declares metrics into one registry. A name or label set that is not
 /// valid, or a name declared twice, is a programming error: it panics at
 /// start-up, where every metric is declared.

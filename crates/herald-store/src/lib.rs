@@ -123,6 +123,13 @@ pub trait NotificationStore: Send + Sync {
     /// is ignored.
     async fn list_exhausted(&self, query: &ListQuery) -> Result<Page>;
 
+    /// Requests sent to the database since this store was opened, by
+    /// statement: what `herald_store_requests_total` reports. Empty for a
+    /// store that does not count them (SQLite: no network round trips).
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// How many notifications of `webhook_id` created in `range` have each
     /// projected status, looking at no more than `bound` of them (rounded
     /// up to whole pages of up to [`MAX_PAGE_SIZE`], and reading no more

@@ -267,6 +267,7 @@ impl DeliveryService {
         let webhooks = Arc::new(webhooks);
         let topics = Topics::new(&config.kafka);
         let metrics = Metrics::new();
+        metrics.watch_store(store.clone());
         let deliverer = Deliverer::new(sender, webhooks.clone(), secrets, tiers.clone());
         let producer: FutureProducer<ProducerContext> = config
             .kafka

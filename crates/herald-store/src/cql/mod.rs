@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +35,8 @@ use scylla::errors::{
     PrepareError, RequestAttemptError, RowsError,
 };
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
@@ -64,6 +67,14 @@ const FILTERED_CHUNK: usize = 200;
 /// Appends run concurrently within one batch.
 const WRITE_CONCURRENCY: usize = 16;
 
+/// A prepared statement and how many times this store has sent it.
+struct Stmt {
+    prepared: PreparedStatement,
+    /// The `statement` label of `herald_store_requests_total`.
+    name: &'static str,
+    sent: AtomicU64,
+}
+
 /// Which index table a listing scans.
 #[derive(Debug, Clone, Copy)]
 enum Index {
@@ -72,25 +83,25 @@ enum Index {
 }
 
 struct Statements {
-    select_head: PreparedStatement,
-    select_notification: PreparedStatement,
-    select_attempts: PreparedStatement,
-    select_state: PreparedStatement,
-    insert_notification: PreparedStatement,
-    insert_by_webhook: PreparedStatement,
-    insert_initial_state: PreparedStatement,
-    insert_state: PreparedStatement,
+    select_head: Stmt,
+    select_notification: Stmt,
+    select_attempts: Stmt,
+    select_state: Stmt,
+    insert_notification: Stmt,
+    insert_by_webhook: Stmt,
+    insert_initial_state: Stmt,
+    insert_state: Stmt,
     /// The count alone: a failed manual re-send changes no status.
-    insert_count: PreparedStatement,
+    insert_count: Stmt,
     /// A `delivered` status alone, at [`status_write_ts`]: the count and the
     /// last attempt time go with [`Statements::insert_count`].
-    insert_status: PreparedStatement,
-    insert_attempt: PreparedStatement,
-    insert_failed: PreparedStatement,
-    delete_failed: PreparedStatement,
+    insert_status: Stmt,
+    insert_attempt: Stmt,
+    insert_failed: Stmt,
+    delete_failed: Stmt,
     /// [ByWebhook, Failed] × first page of a day / continuing after a cursor.
-    list_first: [PreparedStatement; 2],
-    list_after: [PreparedStatement; 2],
+    list_first: [Stmt; 2],
+    list_after: [Stmt; 2],
 }
 
 /// The CQL [`NotificationStore`].
@@ -125,101 +136,111 @@ impl CqlStore {
         let read = Consistency::from(config.read_consistency);
         let write = Consistency::from(config.write_consistency);
         let s = &session;
-        let prep = |cql: String, consistency: Consistency, idempotent: bool| async move {
+        let prep = |name: &'static str, cql: String, consistency: Consistency| async move {
             let mut p = s.prepare(cql).await?;
             p.set_consistency(consistency);
-            p.set_is_idempotent(idempotent);
-            Ok::<_, StoreError>(p)
+            p.set_is_idempotent(true);
+            Ok::<_, StoreError>(Stmt {
+                prepared: p,
+                name,
+                sent: AtomicU64::new(0),
+            })
         };
-        let reader = |cql: String| prep(cql, read, true);
-        let writer = |cql: String| prep(cql, write, true);
-        let list_first = |table: &str| {
-            reader(format!(
-                "SELECT created_at, notification_id FROM {ks}.{table} \
+        let reader = |name, cql: String| prep(name, cql, read);
+        let writer = |name, cql: String| prep(name, cql, write);
+        let list_first = |name, table: &str| {
+            reader(
+                name,
+                format!(
+                    "SELECT created_at, notification_id FROM {ks}.{table} \
                  WHERE webhook_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?"
-            ))
+                ),
+            )
         };
         // Multi-column relations on both ends: CQL does not allow mixing a
         // tuple relation with a single-column one on the same clustering key.
-        let list_after = |table: &str| {
-            reader(format!(
-                "SELECT created_at, notification_id FROM {ks}.{table} \
+        let list_after = |name, table: &str| {
+            reader(
+                name,
+                format!(
+                    "SELECT created_at, notification_id FROM {ks}.{table} \
                  WHERE webhook_id = ? AND day = ? AND (created_at, notification_id) < (?, ?) \
                  AND (created_at) >= (?) LIMIT ?"
-            ))
+                ),
+            )
         };
         let st = Statements {
-            select_head: reader(format!(
+            select_head: reader("select_head", format!(
                 "SELECT webhook_id, created_at FROM {ks}.notifications WHERE notification_id = ?"
             ))
             .await?,
-            select_notification: reader(format!(
+            select_notification: reader("select_notification", format!(
                 "SELECT {N_COLS} FROM {ks}.notifications WHERE notification_id = ?"
             ))
             .await?,
-            select_attempts: reader(format!(
+            select_attempts: reader("select_attempts", format!(
                 "SELECT {A_COLS} FROM {ks}.attempts WHERE notification_id = ?"
             ))
             .await?,
-            select_state: reader(format!(
+            select_state: reader("select_state", format!(
                 "SELECT status, attempts, last_attempt_at, next_attempt_at \
                  FROM {ks}.notification_state WHERE notification_id = ?"
             ))
             .await?,
-            insert_notification: writer(format!(
+            insert_notification: writer("insert_notification", format!(
                 "INSERT INTO {ks}.notifications ({N_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  USING TIMESTAMP ?"
             ))
             .await?,
-            insert_by_webhook: writer(format!(
+            insert_by_webhook: writer("insert_by_webhook", format!(
                 "INSERT INTO {ks}.notifications_by_webhook \
                  (webhook_id, day, created_at, notification_id) VALUES (?, ?, ?, ?) \
                  USING TIMESTAMP ?"
             ))
             .await?,
-            insert_initial_state: writer(format!(
+            insert_initial_state: writer("insert_initial_state", format!(
                 "INSERT INTO {ks}.notification_state (notification_id, status, attempts) \
                  VALUES (?, ?, 0) USING TIMESTAMP ?"
             ))
             .await?,
-            insert_state: writer(format!(
+            insert_state: writer("insert_state", format!(
                 "INSERT INTO {ks}.notification_state \
                  (notification_id, status, attempts, last_attempt_at, next_attempt_at) \
                  VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
-            insert_status: writer(format!(
+            insert_status: writer("insert_status", format!(
                 "INSERT INTO {ks}.notification_state \
                  (notification_id, status, next_attempt_at) VALUES (?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
-            insert_count: writer(format!(
+            insert_count: writer("insert_count", format!(
                 "INSERT INTO {ks}.notification_state \
                  (notification_id, attempts, last_attempt_at) VALUES (?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
-            insert_attempt: writer(format!(
+            insert_attempt: writer("insert_attempt", format!(
                 "INSERT INTO {ks}.attempts ({A_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
-            insert_failed: writer(format!(
+            insert_failed: writer("insert_failed", format!(
                 "INSERT INTO {ks}.failed_by_webhook \
                  (webhook_id, day, created_at, notification_id) VALUES (?, ?, ?, ?) \
                  USING TIMESTAMP ?"
             ))
             .await?,
-            delete_failed: writer(format!(
+            delete_failed: writer("delete_failed", format!(
                 "DELETE FROM {ks}.failed_by_webhook USING TIMESTAMP ? \
                  WHERE webhook_id = ? AND day = ? AND created_at = ? AND notification_id = ?"
             ))
             .await?,
             list_first: [
-                list_first("notifications_by_webhook").await?,
-                list_first("failed_by_webhook").await?,
+                list_first("list_first_by_webhook", "notifications_by_webhook").await?,
+                list_first("list_first_failed", "failed_by_webhook").await?,
             ],
             list_after: [
-                list_after("notifications_by_webhook").await?,
-                list_after("failed_by_webhook").await?,
+                list_after("list_after_by_webhook", "notifications_by_webhook").await?,
+                list_after("list_after_failed", "failed_by_webhook").await?,
             ],
         };
         Ok(Self {
@@ -227,6 +248,38 @@ impl CqlStore {
             st,
             limits,
         })
+    }
+
+    /// Send one prepared statement, counted ([`NotificationStore::requests`]).
+    async fn exec(
+        &self,
+        st: &Stmt,
+        values: impl SerializeRow,
+    ) -> std::result::Result<QueryResult, ExecutionError> {
+        st.sent.fetch_add(1, Ordering::Relaxed);
+        self.session.execute_unpaged(&st.prepared, values).await
+    }
+
+    fn statements(&self) -> impl Iterator<Item = &Stmt> {
+        let st = &self.st;
+        [
+            &st.select_head,
+            &st.select_notification,
+            &st.select_attempts,
+            &st.select_state,
+            &st.insert_notification,
+            &st.insert_by_webhook,
+            &st.insert_initial_state,
+            &st.insert_state,
+            &st.insert_count,
+            &st.insert_status,
+            &st.insert_attempt,
+            &st.insert_failed,
+            &st.delete_failed,
+        ]
+        .into_iter()
+        .chain(&st.list_first)
+        .chain(&st.list_after)
     }
 
     /// The driver session, e.g. for [`migrate`] or health checks.
@@ -237,8 +290,7 @@ impl CqlStore {
     /// (webhook id, created_at in ms) of a stored notification.
     async fn head(&self, id: NotificationId) -> Result<Option<(String, i64)>> {
         let row = self
-            .session
-            .execute_unpaged(&self.st.select_head, (id.0,))
+            .exec(&self.st.select_head, (id.0,))
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Option<String>, Option<CqlTimestamp>)>()?;
@@ -255,30 +307,29 @@ impl CqlStore {
                 let content = serde_json::to_string(&n.content)
                     .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
                 let created = to_ms(n.created_at);
-                self.session
-                    .execute_unpaged(
-                        &self.st.insert_notification,
-                        (
-                            n.id.0,
-                            &n.webhook_id,
-                            &n.event_source,
-                            &n.event_id,
-                            &n.event_type,
-                            &n.subject,
-                            CqlTimestamp(to_ms(n.event_time)),
-                            CqlTimestamp(created),
-                            &n.template_hash,
-                            content,
-                            created * 1000,
-                        ),
-                    )
-                    .await?;
+                self.exec(
+                    &self.st.insert_notification,
+                    (
+                        n.id.0,
+                        &n.webhook_id,
+                        &n.event_source,
+                        &n.event_id,
+                        &n.event_type,
+                        &n.subject,
+                        CqlTimestamp(to_ms(n.event_time)),
+                        CqlTimestamp(created),
+                        &n.template_hash,
+                        content,
+                        created * 1000,
+                    ),
+                )
+                .await?;
                 (n.webhook_id.clone(), created, false)
             }
         };
         let status = NotificationState::initial(&n.content).status;
         let ts = created * 1000;
-        let index = self.session.execute_unpaged(
+        let index = self.exec(
             &self.st.insert_by_webhook,
             (
                 &webhook,
@@ -288,9 +339,7 @@ impl CqlStore {
                 ts,
             ),
         );
-        let state = self
-            .session
-            .execute_unpaged(&self.st.insert_initial_state, (n.id.0, status.as_str(), ts));
+        let state = self.exec(&self.st.insert_initial_state, (n.id.0, status.as_str(), ts));
         futures::try_join!(index, state)?;
         if !known {
             return Ok(Accepted::New);
@@ -317,24 +366,23 @@ impl CqlStore {
             )));
         }
         let started = to_ms(a.started_at);
-        self.session
-            .execute_unpaged(
-                &self.st.insert_attempt,
-                (
-                    id.0,
-                    CqlTimestamp(started),
-                    a.attempt_id,
-                    to_i32(a.attempt_no),
-                    a.trigger.as_str(),
-                    to_i32(a.duration_ms),
-                    a.outcome.as_str(),
-                    a.http_status.map(i32::from),
-                    &a.error,
-                    &a.response_excerpt,
-                    a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
-                ),
-            )
-            .await?;
+        self.exec(
+            &self.st.insert_attempt,
+            (
+                id.0,
+                CqlTimestamp(started),
+                a.attempt_id,
+                to_i32(a.attempt_no),
+                a.trigger.as_str(),
+                to_i32(a.duration_ms),
+                a.outcome.as_str(),
+                a.http_status.map(i32::from),
+                &a.error,
+                &a.response_excerpt,
+                a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
+            ),
+        )
+        .await?;
         let ts = attempt_write_ts(a.started_at, created);
         let implied = a.implied_status();
         let state = async {
@@ -348,8 +396,8 @@ impl CqlStore {
                         status_write_ts(Status::Delivered, ts),
                     );
                     futures::try_join!(
-                        self.session.execute_unpaged(&self.st.insert_status, status),
-                        self.session.execute_unpaged(&self.st.insert_count, count),
+                        self.exec(&self.st.insert_status, status),
+                        self.exec(&self.st.insert_count, count),
                     )
                     .map(|_| ())
                 }
@@ -362,39 +410,30 @@ impl CqlStore {
                         a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
                         ts,
                     );
-                    self.session
-                        .execute_unpaged(&self.st.insert_state, values)
-                        .await
-                        .map(|_| ())
+                    self.exec(&self.st.insert_state, values).await.map(|_| ())
                 }
-                None => self
-                    .session
-                    .execute_unpaged(&self.st.insert_count, count)
-                    .await
-                    .map(|_| ()),
+                None => self.exec(&self.st.insert_count, count).await.map(|_| ()),
             }
         };
         let day = day_of(created)?;
         let failed = async {
             if implied == Some(Status::Failed) {
-                self.session
-                    .execute_unpaged(
-                        &self.st.insert_failed,
-                        (&webhook, day, CqlTimestamp(created), id.0, ts),
-                    )
-                    .await?;
+                self.exec(
+                    &self.st.insert_failed,
+                    (&webhook, day, CqlTimestamp(created), id.0, ts),
+                )
+                .await?;
             } else if implied.is_some()
                 && (current == Some(Status::Failed) || a.trigger == Trigger::Manual)
             {
                 // Only when this attempt may supersede a failure: deleting
                 // on every delivery would fill the partitions with tombstones.
                 // A failed row left behind by reordering is filtered on read.
-                self.session
-                    .execute_unpaged(
-                        &self.st.delete_failed,
-                        (ts, &webhook, day, CqlTimestamp(created), id.0),
-                    )
-                    .await?;
+                self.exec(
+                    &self.st.delete_failed,
+                    (ts, &webhook, day, CqlTimestamp(created), id.0),
+                )
+                .await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -404,8 +443,7 @@ impl CqlStore {
 
     async fn load_notification(&self, id: NotificationId) -> Result<Option<Notification>> {
         let row = self
-            .session
-            .execute_unpaged(&self.st.select_notification, (id.0,))
+            .exec(&self.st.select_notification, (id.0,))
             .await?
             .into_rows_result()?
             .maybe_first_row::<NotificationRow>()?;
@@ -454,33 +492,31 @@ impl CqlStore {
                 let i = index as usize;
                 let result = match pos.filter(|c| day_of(c.created_at_ms).ok() == Some(day)) {
                     Some(c) => {
-                        self.session
-                            .execute_unpaged(
-                                &self.st.list_after[i],
-                                (
-                                    webhook,
-                                    day,
-                                    CqlTimestamp(c.created_at_ms),
-                                    c.id.0,
-                                    CqlTimestamp(from),
-                                    want as i32,
-                                ),
-                            )
-                            .await?
+                        self.exec(
+                            &self.st.list_after[i],
+                            (
+                                webhook,
+                                day,
+                                CqlTimestamp(c.created_at_ms),
+                                c.id.0,
+                                CqlTimestamp(from),
+                                want as i32,
+                            ),
+                        )
+                        .await?
                     }
                     None => {
-                        self.session
-                            .execute_unpaged(
-                                &self.st.list_first[i],
-                                (
-                                    webhook,
-                                    day,
-                                    CqlTimestamp(from),
-                                    CqlTimestamp(to),
-                                    want as i32,
-                                ),
-                            )
-                            .await?
+                        self.exec(
+                            &self.st.list_first[i],
+                            (
+                                webhook,
+                                day,
+                                CqlTimestamp(from),
+                                CqlTimestamp(to),
+                                want as i32,
+                            ),
+                        )
+                        .await?
                     }
                 };
                 let rows = result
@@ -571,8 +607,7 @@ impl NotificationStore for CqlStore {
 
     async fn attempts(&self, id: NotificationId) -> Result<Vec<Attempt>> {
         let rows = self
-            .session
-            .execute_unpaged(&self.st.select_attempts, (id.0,))
+            .exec(&self.st.select_attempts, (id.0,))
             .await?
             .into_rows_result()?;
         rows.rows::<AttemptRow>()?
@@ -595,8 +630,7 @@ impl NotificationStore for CqlStore {
 
     async fn state(&self, id: NotificationId) -> Result<Option<NotificationState>> {
         let row = self
-            .session
-            .execute_unpaged(&self.st.select_state, (id.0,))
+            .exec(&self.st.select_state, (id.0,))
             .await?
             .into_rows_result()?
             .maybe_first_row::<StateRow>()?;
@@ -614,6 +648,12 @@ impl NotificationStore for CqlStore {
 
     async fn list_exhausted(&self, query: &ListQuery) -> Result<Page> {
         self.scan(query, Index::Failed, Some(Status::Failed)).await
+    }
+
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        self.statements()
+            .map(|s| (s.name, s.sent.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
