@@ -962,6 +962,30 @@ async fn cql_counts_every_request_by_statement() {
     );
 }
 
+/// The CQL count pages through the listing, so a bound below the total
+/// stops it: the counts are then marked as lower bounds.
+#[tokio::test]
+async fn cql_counts_stop_at_their_bound() {
+    let Some(store) = cql_store("cql_counts_stop_at_their_bound").await else {
+        return;
+    };
+    let wh = unique_name("wh");
+    let all: Vec<_> = (0..5).map(|i| notification(&wh, i, at(i as i64))).collect();
+    store.append_notifications(&all).await.unwrap();
+    let bounded = store.count_statuses(&wh, day_range(), 2).await.unwrap();
+    assert_eq!(
+        (
+            bounded.scanned,
+            bounded.complete,
+            bounded.counts.get("pending")
+        ),
+        (2, false, Some(&2)),
+        "{bounded:?}"
+    );
+    let whole = store.count_statuses(&wh, day_range(), 10).await.unwrap();
+    assert_eq!((whole.scanned, whole.complete), (5, true), "{whole:?}");
+}
+
 // ------------------------------------------------------ SQLite-only extras
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! interop tests, and a Kafka-mode world (topics,
 //! keyspace, store, producer, an in-process delivery service) per test.
 
+pub mod api_client;
 pub mod dns;
 pub mod infra;
 pub mod kafka_world;
@@ -12,6 +13,7 @@ pub mod poll;
 pub mod python;
 pub mod receiver;
 
+pub use api_client::ApiClient;
 pub use dns::StubDns;
 pub use infra::{cql_node, free_port, kafka_bootstrap, unique_name};
 pub use kafka_world::KafkaWorld;

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use herald::api::{ApiConfig, Definitions};
 use herald::standalone::{self, StandaloneConfig};
 use herald_core::SecretSource;
@@ -151,7 +152,6 @@ async fn fill(store: &dyn NotificationStore, toml: &str, n: usize) -> anyhow::Re
     });
     // Eight batches at a time, as concurrent ingest workers write.
     let mut pending = futures::stream::iter(writes).buffer_unordered(8);
-    use futures::StreamExt;
     while let Some(r) = pending.next().await {
         r?;
     }

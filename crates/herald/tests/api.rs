@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use herald::standalone::{self, StandaloneConfig};
 use herald_core::signing::{self, SigningSecret};
 use herald_core::{SecretRef, Webhooks};
-use herald_delivery::{HttpSender, SenderConfig, SsrfGuard};
 use herald_tests::{Reply, TestReceiver};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -53,13 +52,22 @@ body = '{{"client": {{{{json subject}}}}}}'
 }
 
 struct Api {
+    client: herald_tests::ApiClient,
     base: String,
-    http: HttpSender,
     /// The SQLite file of the Herald under test.
     database: std::path::PathBuf,
 }
 
 impl Api {
+    fn new(addr: std::net::SocketAddr, database: std::path::PathBuf) -> Self {
+        let base = format!("http://{addr}");
+        Self {
+            client: herald_tests::ApiClient::new(base.clone()),
+            base,
+            database,
+        }
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -67,29 +75,7 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        if let Some(t) = token {
-            headers.push(("authorization".to_owned(), format!("Bearer {t}")));
-        }
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let r = self
-            .http
-            .send(
-                method,
-                &format!("{}{path}", self.base),
-                &headers,
-                body,
-                Duration::from_secs(10),
-            )
-            .await;
-        let status = r
-            .http_status
-            .unwrap_or_else(|| panic!("{method} {path}: {r:?}"));
-        let text = r.response_excerpt.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.client.call(method, path, token, body).await
     }
 
     /// `POST /v1/events` with the token; asserts the 202 and returns its body.
@@ -178,19 +164,7 @@ async fn start_with_secrets(
     let running = standalone::start(config, webhooks, Arc::new(secrets), shutdown)
         .await
         .expect("start");
-    let http = HttpSender::new(SenderConfig {
-        ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
-        max_response_excerpt: 1 << 20,
-        ..SenderConfig::default()
-    });
-    (
-        Api {
-            base: format!("http://{}", running.addr),
-            http,
-            database: dir.join("herald.db"),
-        },
-        running,
-    )
+    (Api::new(running.addr, dir.join("herald.db")), running)
 }
 
 fn event(id: &str, ty: &str, subject: &str) -> Value {
@@ -421,16 +395,7 @@ enabled = false
         let running = standalone::start(config, webhooks, Arc::new(secrets), shutdown)
             .await
             .expect("start");
-        let http = HttpSender::new(SenderConfig {
-            ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
-            max_response_excerpt: 1 << 20,
-            ..SenderConfig::default()
-        });
-        let api = Api {
-            base: format!("http://{}", running.addr),
-            http,
-            database: dir.join("herald.db"),
-        };
+        let api = Api::new(running.addr, dir.join("herald.db"));
         (api, running)
     };
     let shutdown = CancellationToken::new();

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use herald::standalone::{self, StandaloneConfig};
 use herald_core::{CloudEvent, SecretRef, SecretSource, Webhooks};
-use herald_delivery::{HttpSender, SenderConfig, SsrfGuard};
 use herald_tests::{KafkaWorld, Received, Reply, TestReceiver};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -132,38 +131,20 @@ fn browser(test: &str) -> Option<(String, String)> {
     None
 }
 
-/// A client of the API under test, for setting up and checking.
+/// The API under test, called with [`TOKEN`].
 struct Api {
+    client: herald_tests::ApiClient,
     base: String,
-    http: HttpSender,
 }
 
 impl Api {
     fn new(base: String) -> Self {
-        let http = HttpSender::new(SenderConfig {
-            ssrf: SsrfGuard::from_allow_list(&["127.0.0.0/8"]).unwrap(),
-            max_response_excerpt: 1 << 20,
-            ..SenderConfig::default()
-        });
-        Self { base, http }
+        let client = herald_tests::ApiClient::new(base.clone());
+        Self { client, base }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("authorization".to_owned(), format!("Bearer {TOKEN}")),
-        ];
-        let body = body.map(|b| b.to_string().into()).unwrap_or_default();
-        let url = format!("{}{path}", self.base);
-        let r = self
-            .http
-            .send(method, &url, &headers, body, Duration::from_secs(30))
-            .await;
-        let status = r
-            .http_status
-            .unwrap_or_else(|| panic!("{method} {path}: {r:?}"));
-        let text = r.response_excerpt.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.client.call(method, path, Some(TOKEN), body).await
     }
 
     async fn status(&self, id: &str) -> Option<String> {

@@ -116,7 +116,8 @@ def run(page):
     expect(page.locator("table#history tbody tr")).to_have_count(2)
     link = page.locator(f'a[href="#/n/{cfg["failed_id"]}"]')
     expect(link).to_be_visible()
-    assert unlabelled(page) == [], f"controls without a label: {unlabelled(page)}"
+    missing = unlabelled(page)
+    assert missing == [], f"controls without a label: {missing}"
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page scrolls sideways at 1280 px: {width}"
     shot(page, "1-history")
@@ -182,7 +183,8 @@ def run(page):
     page.click("#p-render")
     expect(page.locator("#error-position")).to_have_text("Template body, line 1, column 38")
     expect(page.locator("#render-error")).to_contain_text("missing field `data.amount`")
-    assert unlabelled(page) == [], f"controls without a label: {unlabelled(page)}"
+    missing = unlabelled(page)
+    assert missing == [], f"controls without a label: {missing}"
     shot(page, "5-preview-error")
     event["data"] = {"amount": 990}
     page.fill("#p-event", json.dumps(event))
