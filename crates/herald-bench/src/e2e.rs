@@ -16,10 +16,14 @@ use crate::Opts;
 use crate::measure::{Percentiles, Receiver, busy_jiffies, infra_pids, process_cpu_ms};
 use crate::pipeline::{Pipeline, event};
 
-/// Events per submission (one POST, or one round of produces).
-const BATCH: usize = 100;
-/// Concurrent submitters.
+/// Events per submission (one POST, or one round of produces) unless
+/// `--batch N` says otherwise.
+pub const BATCH: usize = 100;
+/// Concurrent submitters at the default batch size. Smaller batches get
+/// more (the same events in flight), up to [`MAX_SUBMITTERS`]: many
+/// adapters posting one event each, as core-banking adapters often do.
 const SUBMITTERS: usize = 8;
+const MAX_SUBMITTERS: usize = 64;
 /// Accepted but not yet delivered events allowed before submitters wait.
 const MAX_BACKLOG: u64 = 5_000;
 
@@ -41,20 +45,23 @@ pub struct Figures {
 /// Accepted-at instants by event id.
 pub type Accepted = Mutex<HashMap<String, Instant>>;
 
-/// Submit events for `duration`, at most `rate` events/s when given, keeping
-/// at most [`MAX_BACKLOG`] undelivered. Every event id starts with `tag`.
+/// Submit events for a phase, `opts.batch` per submission, at most `rate`
+/// events/s when given, keeping at most [`MAX_BACKLOG`] undelivered. Every
+/// event id starts with `tag`.
 pub async fn drive(
     p: &Pipeline,
     rx: &Receiver,
     submitted: &AtomicU64,
     accepted: &Accepted,
-    duration: Duration,
+    opts: &Opts,
     rate: Option<f64>,
     tag: &str,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + duration;
-    let interval = rate.map(|r| Duration::from_secs_f64((BATCH * SUBMITTERS) as f64 / r));
-    let submitters = (0..SUBMITTERS).map(|s| async move {
+    let deadline = Instant::now() + opts.phase();
+    let batch = opts.batch.max(1);
+    let submitters = (SUBMITTERS * BATCH / batch).clamp(SUBMITTERS, MAX_SUBMITTERS);
+    let interval = rate.map(|r| Duration::from_secs_f64((batch * submitters) as f64 / r));
+    let submitters = (0..submitters).map(|s| async move {
         let mut ticker = interval.map(tokio::time::interval);
         for round in 0u64.. {
             if let Some(t) = ticker.as_mut() {
@@ -68,17 +75,13 @@ pub async fn drive(
             if Instant::now() >= deadline {
                 break;
             }
-            // Ids end in the batch index: `..0` marks one in ten (retry scenario).
-            let ids: Vec<String> = (0..BATCH)
-                .map(|i| format!("{tag}-{s}-{round}-{i}"))
-                .collect();
-            let events: Vec<_> = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| event(id, round * BATCH as u64 + i as u64))
-                .collect();
+            // Ids end in the submitter's sequence number: `..0` marks one
+            // in ten (retry scenario), whatever the batch size.
+            let seqs = (0..batch as u64).map(|i| round * batch as u64 + i);
+            let ids: Vec<String> = seqs.clone().map(|n| format!("{tag}-{s}-{n}")).collect();
+            let events: Vec<_> = ids.iter().zip(seqs).map(|(id, n)| event(id, n)).collect();
             p.submit(&events).await?;
-            submitted.fetch_add(BATCH as u64, Ordering::Relaxed);
+            submitted.fetch_add(batch as u64, Ordering::Relaxed);
             let now = Instant::now();
             let mut a = accepted.lock().unwrap();
             for id in ids {
@@ -130,7 +133,7 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
         .collect();
     let before = (busy_jiffies(), rx.count.load(Ordering::Relaxed));
     let started = Instant::now();
-    drive(p, rx, &submitted, &ignored, opts.phase(), None, "s").await?;
+    drive(p, rx, &submitted, &ignored, opts, None, "s").await?;
     let elapsed = started.elapsed().as_secs_f64();
     let delivered = rx.count.load(Ordering::Relaxed) - before.1;
     let busy_ms = (busy_jiffies() - before.0) as f64 * 10.0;
@@ -157,16 +160,7 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
     // Phase 2: half the sustained rate, for latency.
     let half_rate = (rate / 2.0).max(100.0);
     let accepted = Accepted::default();
-    drive(
-        p,
-        rx,
-        &submitted,
-        &accepted,
-        opts.phase(),
-        Some(half_rate),
-        "l",
-    )
-    .await?;
+    drive(p, rx, &submitted, &accepted, opts, Some(half_rate), "l").await?;
     let accepted = accepted.into_inner().unwrap();
     let arrived = rx.wait_arrived(&accepted, Duration::from_secs(60)).await;
     if arrived < accepted.len() {

@@ -27,7 +27,10 @@
 //!   with `--quick`).
 //!
 //! Phases last 30 s (`--quick`: 5 s); a full `all` run takes about five
-//! minutes, `--quick` about one.
+//! minutes, `--quick` about one. `--batch N` sets the events per submission
+//! of `standalone`, `kafka` and `retry` (default 100: one POST of 100
+//! events). `standalone --batch 1` is one event per POST, as many
+//! core-banking adapters send them, with up to 64 submitters.
 
 mod circuit;
 mod console;
@@ -65,6 +68,9 @@ struct Opts {
     quick: bool,
     /// `retry --mixed`: see [`pipeline::Shape::Mixed`].
     mixed: bool,
+    /// `--batch N`: events per submission in the end-to-end scenarios
+    /// (default [`e2e::BATCH`]).
+    batch: usize,
 }
 
 impl Opts {
@@ -97,15 +103,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         scenario if SCENARIOS.contains(&scenario) => {
+            let batch = match args.iter().position(|a| a == "--batch") {
+                None => e2e::BATCH,
+                Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n @ 1..=1000) => n,
+                    _ => {
+                        eprintln!("--batch takes a number of events from 1 to 1000");
+                        std::process::exit(2);
+                    }
+                },
+            };
             let opts = Opts {
                 quick: args.iter().any(|a| a == "--quick"),
                 mixed: args.iter().any(|a| a == "--mixed"),
+                batch,
             };
             runtime.block_on(run(scenario, &opts))
         }
         _ => {
             eprintln!(
-                "usage: herald-bench <{}> [--quick] [--mixed (retry)]",
+                "usage: herald-bench <{}> [--quick] [--mixed (retry)] [--batch N (events per submission)]",
                 SCENARIOS.join("|")
             );
             std::process::exit(2);
@@ -131,10 +148,11 @@ fn latency_rows(label: &str, p: &Percentiles) {
 async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
-        "herald-bench {scenario}{}: {} cores, phases of {:?}",
+        "herald-bench {scenario}{}: {} cores, phases of {:?}, {} events per submission",
         if opts.quick { " --quick" } else { "" },
         cores(),
-        opts.phase()
+        opts.phase(),
+        opts.batch,
     );
     let mut figures = Map::new();
     let base = baseline(opts).await?;
@@ -158,6 +176,10 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
             for (process, ms) in &f.cpu_by_process {
                 row(&format!("    of which {process}"), *ms, 3);
             }
+            // CPU per delivery scaled to the machine: CPU-ms per delivery
+            // times what the same machine's baseline does per millisecond.
+            let scaled = f.cpu_ms_per_delivery * base / 1000.0;
+            row("  CPU per delivery x baseline requests/ms", scaled, 2);
             for (role, mb) in &f.rss {
                 row(&format!("  {role} peak RSS (MB)"), *mb, 0);
             }
@@ -175,7 +197,7 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
             }
             figures.insert(mode.into(), json!({
                 "deliveries_per_s": f.rate, "ratio_to_baseline": f.rate / base,
-                "cpu_ms_per_delivery": f.cpu_ms_per_delivery,
+                "cpu_ms_per_delivery": f.cpu_ms_per_delivery, "cpu_x_baseline_per_ms": f.cpu_ms_per_delivery * base / 1000.0,
                 "cpu_ms_per_delivery_by_process": f.cpu_by_process.iter().map(|(p, ms)| (p.clone(), json!(ms))).collect::<Map<String, Value>>(),
                 "peak_rss_mb": f.rss.iter().map(|(r, mb)| (r.to_string(), json!(mb))).collect::<Map<String, Value>>(),
                 "latency_rate_per_s": f.half_rate, "p50_ms": f.latency.p50, "p95_ms": f.latency.p95,
@@ -285,6 +307,7 @@ async fn run(scenario: &str, opts: &Opts) -> anyhow::Result<()> {
     figures.insert("scenario".into(), json!(scenario));
     figures.insert("cores".into(), json!(cores()));
     figures.insert("phase_s".into(), json!(opts.phase().as_secs()));
+    figures.insert("batch".into(), json!(opts.batch));
     figures.insert("wall_s".into(), json!(started.elapsed().as_secs()));
     println!("{}", Value::Object(figures));
     Ok(())

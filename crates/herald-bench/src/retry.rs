@@ -48,7 +48,7 @@ pub async fn run(p: &Pipeline, rx: &Receiver, opts: &Opts) -> anyhow::Result<Fig
         p.submit(&hostile).await?;
     }
     let accepted = Accepted::default();
-    drive(p, rx, &submitted, &accepted, opts.phase(), Some(RATE), "r").await?;
+    drive(p, rx, &submitted, &accepted, opts, Some(RATE), "r").await?;
     let accepted = accepted.into_inner().unwrap();
     // Every event arrives in the end: first time, or at its retry.
     // Generous: before the cascade, a mixed run's retries waited behind the

@@ -32,7 +32,7 @@ use herald_core::{
     Admission, Attempt, CircuitChange, Decision, DeliveryJob, Outcome, ResendCommand, Tier, Tiers,
     Trigger, Webhooks,
 };
-use herald_store::NotificationStore;
+use herald_store::{AttemptOf, NotificationStore};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
@@ -168,7 +168,11 @@ impl Pipeline {
             Attempted::Done(result) => result,
             Attempted::Parked { until } => return self.park(job, until).await,
         };
-        self.record(&result.attempt, None).await;
+        let of = AttemptOf {
+            webhook_id: &job.webhook_id,
+            created_at: job.created_at,
+        };
+        self.record(&result.attempt, of, None).await;
         self.hops.attempted(&job.webhook_id, &result);
         let a = &result.attempt;
         let label = self.label(&job.webhook_id);
@@ -311,7 +315,8 @@ impl Pipeline {
         let Attempted::Done(result) = self.attempt(&plan, Utc::now(), false).await else {
             unreachable!("ungated attempts are never parked");
         };
-        self.record(&result.attempt, request).await;
+        let of = AttemptOf::notification(&record.notification);
+        self.record(&result.attempt, of, request).await;
         self.hops.attempted(plan.webhook_id, &result);
         self.metrics.resends.with_label_values(&["sent"]).inc();
         let a = &result.attempt;
@@ -402,10 +407,10 @@ impl Pipeline {
     /// Record an attempt (and close the re-send request it carried out),
     /// waiting while the store is unavailable: an attempt that is not on
     /// record would be made again, and nothing past it may be committed.
-    async fn record(&self, attempt: &Attempt, request: Option<i64>) {
+    async fn record(&self, attempt: &Attempt, of: AttemptOf<'_>, request: Option<i64>) {
         let done = self
             .retry_store("append_attempts", || {
-                self.store.record_attempt(attempt, request)
+                self.store.record_attempt(attempt, of, request)
             })
             .await;
         if done.is_none() {

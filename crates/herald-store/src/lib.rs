@@ -14,6 +14,7 @@ pub mod cql;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use herald_core::{Accepted, Attempt, Notification, NotificationId, NotificationState};
 
 pub use crate::error::{Result, StoreError};
@@ -21,6 +22,23 @@ pub use crate::limits::{StoreLimits, truncate_marked};
 pub use crate::query::{
     Cursor, ListQuery, ListedNotification, MAX_PAGE_SIZE, Page, StatusCounts, TimeRange,
 };
+
+/// What a caller recording an attempt knows of its stored notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptOf<'a> {
+    pub webhook_id: &'a str,
+    /// The stored notification's `created_at`.
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'a> AttemptOf<'a> {
+    pub fn notification(n: &'a Notification) -> Self {
+        Self {
+            webhook_id: &n.webhook_id,
+            created_at: n.created_at,
+        }
+    }
+}
 
 /// A notification with all its attempts, as `GET /v1/notifications/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +102,18 @@ pub trait NotificationStore: Send + Sync {
     /// ([`sqlite::SqliteStore::queue_resend`]); Kafka mode's are messages
     /// on the resend topic and pass `None`. Adapters without queued
     /// re-sends refuse a request with [`StoreError::Invalid`].
-    async fn record_attempt(&self, attempt: &Attempt, resend_request: Option<i64>) -> Result<()> {
+    ///
+    /// `of` is what the caller knows of the stored notification (the
+    /// delivery job carries it), so an adapter may write without reading
+    /// first: the CQL adapter then checks neither that the notification
+    /// exists nor that it was rendered, which the job's origin vouches for.
+    async fn record_attempt(
+        &self,
+        attempt: &Attempt,
+        of: AttemptOf<'_>,
+        resend_request: Option<i64>,
+    ) -> Result<()> {
+        let _ = of;
         match resend_request {
             None => self.append_attempts(std::slice::from_ref(attempt)).await,
             Some(_) => Err(StoreError::Invalid(

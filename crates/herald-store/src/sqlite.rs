@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::query::{attempt_write_ts, from_ms, status_write_ts, to_ms};
 use crate::{
-    Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
-    StatusCounts, StoreError, StoreLimits, TimeRange,
+    AttemptOf, Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page,
+    Result, StatusCounts, StoreError, StoreLimits, TimeRange,
 };
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
@@ -354,8 +354,13 @@ impl NotificationStore for SqliteStore {
     }
 
     /// The attempt and the removal of its queued re-send request are one
-    /// transaction.
-    async fn record_attempt(&self, attempt: &Attempt, resend_request: Option<i64>) -> Result<()> {
+    /// transaction. The notification is checked in it, so `of` is not needed.
+    async fn record_attempt(
+        &self,
+        attempt: &Attempt,
+        _of: AttemptOf<'_>,
+        resend_request: Option<i64>,
+    ) -> Result<()> {
         let batch = vec![self.limits.bound_attempt(attempt)];
         self.write(|tx| WriteOp::Attempts(batch, resend_request, tx))
             .await

@@ -14,7 +14,7 @@
 //! - `rows`: rows as the driver reads them, and the records they become;
 //! - `errors`: driver errors as [`StoreError`]s, retriable or not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,8 +36,10 @@ use scylla::errors::{
 };
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use serde::Deserialize;
@@ -45,8 +47,8 @@ use uuid::Uuid;
 
 use crate::query::{attempt_write_ts, from_ms, status_write_ts, to_ms};
 use crate::{
-    Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page, Result,
-    StoreError, StoreLimits,
+    AttemptOf, Cursor, ListQuery, ListedNotification, NotificationRecord, NotificationStore, Page,
+    Result, StoreError, StoreLimits,
 };
 
 mod config;
@@ -66,6 +68,16 @@ const SCAN_BUDGET_QUERIES: usize = 400;
 const FILTERED_CHUNK: usize = 200;
 /// Appends run concurrently within one batch.
 const WRITE_CONCURRENCY: usize = 16;
+/// Notification ids looked up per request when a batch is appended (a
+/// multi-partition `IN`: one request instead of one per notification, and
+/// small enough not to load one coordinator).
+const HEADS_PER_READ: usize = 100;
+/// Largest record (`content` JSON, bytes) appended in one batch with its
+/// index entry. Batches spanning partitions are checked against
+/// `batch_size_warn_threshold` (Cassandra's default: 5 KiB) and
+/// `batch_size_fail_threshold` (50 KiB); a larger record is sent next to its
+/// index entry instead.
+const BATCHED_CONTENT_MAX: usize = 3 * 1024;
 
 /// A prepared statement and how many times this store has sent it.
 struct Stmt {
@@ -73,6 +85,32 @@ struct Stmt {
     /// The `statement` label of `herald_store_requests_total`.
     name: &'static str,
     sent: AtomicU64,
+}
+
+/// An unlogged batch of prepared statements, counted like a [`Stmt`]: one
+/// request whatever it holds.
+struct Batched {
+    batch: Batch,
+    name: &'static str,
+    sent: AtomicU64,
+}
+
+/// The batches of the write path. Each holds statements of one
+/// notification, in the order their values are given.
+struct Batches {
+    /// A new notification: its record, its initial state and its index
+    /// entry (two partitions).
+    append: Batched,
+    /// A new notification too large for [`Batches::append`]: its record and
+    /// its initial state (one partition).
+    append_record: Batched,
+    /// A delivering attempt: the attempt, the status, the count.
+    delivered: Batched,
+    /// An attempt that implies another status: the attempt and the state.
+    moved: Batched,
+    /// An attempt that implies no status (a failed manual re-send): the
+    /// attempt and the count.
+    counted: Batched,
 }
 
 /// Which index table a listing scans.
@@ -84,6 +122,8 @@ enum Index {
 
 struct Statements {
     select_head: Stmt,
+    /// The heads of many notifications (`IN`), for appends.
+    select_heads: Stmt,
     select_notification: Stmt,
     select_attempts: Stmt,
     select_state: Stmt,
@@ -108,6 +148,7 @@ struct Statements {
 pub struct CqlStore {
     session: Arc<Session>,
     st: Statements,
+    batches: Batches,
     limits: StoreLimits,
 }
 
@@ -172,6 +213,11 @@ impl CqlStore {
         let st = Statements {
             select_head: reader("select_head", format!(
                 "SELECT webhook_id, created_at FROM {ks}.notifications WHERE notification_id = ?"
+            ))
+            .await?,
+            select_heads: reader("select_heads", format!(
+                "SELECT notification_id, webhook_id, created_at FROM {ks}.notifications \
+                 WHERE notification_id IN ?"
             ))
             .await?,
             select_notification: reader("select_notification", format!(
@@ -243,9 +289,49 @@ impl CqlStore {
                 list_after("list_after_failed", "failed_by_webhook").await?,
             ],
         };
+        let batched = |name: &'static str, statements: &[&Stmt]| {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            for st in statements {
+                batch.append_statement(st.prepared.clone());
+            }
+            batch.set_consistency(write);
+            batch.set_is_idempotent(true);
+            Batched {
+                batch,
+                name,
+                sent: AtomicU64::new(0),
+            }
+        };
+        let batches = Batches {
+            append: batched(
+                "append_batch",
+                &[
+                    &st.insert_notification,
+                    &st.insert_initial_state,
+                    &st.insert_by_webhook,
+                ],
+            ),
+            append_record: batched(
+                "append_record_batch",
+                &[&st.insert_notification, &st.insert_initial_state],
+            ),
+            delivered: batched(
+                "attempt_delivered_batch",
+                &[&st.insert_attempt, &st.insert_status, &st.insert_count],
+            ),
+            moved: batched(
+                "attempt_state_batch",
+                &[&st.insert_attempt, &st.insert_state],
+            ),
+            counted: batched(
+                "attempt_count_batch",
+                &[&st.insert_attempt, &st.insert_count],
+            ),
+        };
         Ok(Self {
             session,
             st,
+            batches,
             limits,
         })
     }
@@ -260,10 +346,30 @@ impl CqlStore {
         self.session.execute_unpaged(&st.prepared, values).await
     }
 
-    fn statements(&self) -> impl Iterator<Item = &Stmt> {
+    /// Send one batch, counted as one request.
+    async fn exec_batch(
+        &self,
+        b: &Batched,
+        values: impl BatchValues,
+    ) -> std::result::Result<QueryResult, ExecutionError> {
+        b.sent.fetch_add(1, Ordering::Relaxed);
+        self.session.batch(&b.batch, values).await
+    }
+
+    /// Every request this store sends, by name, with its count.
+    fn counters(&self) -> impl Iterator<Item = (&'static str, &AtomicU64)> {
         let st = &self.st;
+        let b = &self.batches;
+        let batches = [
+            &b.append,
+            &b.append_record,
+            &b.delivered,
+            &b.moved,
+            &b.counted,
+        ];
         [
             &st.select_head,
+            &st.select_heads,
             &st.select_notification,
             &st.select_attempts,
             &st.select_state,
@@ -280,6 +386,8 @@ impl CqlStore {
         .into_iter()
         .chain(&st.list_first)
         .chain(&st.list_after)
+        .map(|s| (s.name, &s.sent))
+        .chain(batches.into_iter().map(|b| (b.name, &b.sent)))
     }
 
     /// The driver session, e.g. for [`migrate`] or health checks.
@@ -297,37 +405,70 @@ impl CqlStore {
         Ok(row.map(|(w, c)| (w.unwrap_or_default(), c.map_or(0, |c| c.0))))
     }
 
-    async fn append_one(&self, n: &Notification) -> Result<Accepted> {
-        // The first record wins: on a replay, reuse the stored created_at so
-        // the index and initial-state writes below hit the same keys again
-        // (they repair an earlier append cut short between its writes).
-        let (webhook, created, known) = match self.head(n.id).await? {
-            Some((webhook, created)) => (webhook, created, true),
-            None => {
-                let content = serde_json::to_string(&n.content)
-                    .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
-                let created = to_ms(n.created_at);
-                self.exec(
-                    &self.st.insert_notification,
-                    (
-                        n.id.0,
-                        &n.webhook_id,
-                        &n.event_source,
-                        &n.event_id,
-                        &n.event_type,
-                        &n.subject,
-                        CqlTimestamp(to_ms(n.event_time)),
-                        CqlTimestamp(created),
-                        &n.template_hash,
-                        content,
-                        created * 1000,
-                    ),
-                )
-                .await?;
-                (n.webhook_id.clone(), created, false)
-            }
-        };
+    /// The heads of every stored notification among `ids`: one request per
+    /// [`HEADS_PER_READ`] ids (a multi-partition `IN`), run concurrently.
+    async fn heads(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (String, i64)>> {
+        let reads = ids.chunks(HEADS_PER_READ).map(|chunk| async move {
+            let result = self.exec(&self.st.select_heads, (chunk,)).await?;
+            let rows = result
+                .into_rows_result()?
+                .rows::<(Uuid, Option<String>, Option<CqlTimestamp>)>()?
+                .map(|r| r.map(|(id, w, c)| (id, (w.unwrap_or_default(), c.map_or(0, |c| c.0)))))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>(rows)
+        });
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    /// Append one notification, given what [`CqlStore::heads`] found of it.
+    async fn append_one(&self, n: &Notification, head: Option<(String, i64)>) -> Result<Accepted> {
         let status = NotificationState::initial(&n.content).status;
+        let Some((webhook, created)) = head else {
+            let content = serde_json::to_string(&n.content)
+                .map_err(|e| StoreError::Invalid(format!("notification {}: {e}", n.id)))?;
+            let created = to_ms(n.created_at);
+            let ts = created * 1000;
+            let big = content.len() > BATCHED_CONTENT_MAX;
+            let record = (
+                n.id.0,
+                &n.webhook_id,
+                &n.event_source,
+                &n.event_id,
+                &n.event_type,
+                &n.subject,
+                CqlTimestamp(to_ms(n.event_time)),
+                CqlTimestamp(created),
+                &n.template_hash,
+                content,
+                ts,
+            );
+            let state = (n.id.0, status.as_str(), ts);
+            let index = (
+                &n.webhook_id,
+                day_of(created)?,
+                CqlTimestamp(created),
+                n.id.0,
+                ts,
+            );
+            // The record and its initial state share a partition key: one
+            // mutation. The index entry is another partition: batched with
+            // them while the batch stays small, sent alongside otherwise. A
+            // half-applied batch is harmless either way (see `docs/store.md`).
+            if big {
+                futures::try_join!(
+                    self.exec_batch(&self.batches.append_record, (record, state)),
+                    self.exec(&self.st.insert_by_webhook, index),
+                )?;
+            } else {
+                self.exec_batch(&self.batches.append, (record, state, index))
+                    .await?;
+            }
+            return Ok(Accepted::New);
+        };
+        // The first record wins: a replay reuses the stored created_at, so
+        // the index and initial-state writes hit the same keys again (they
+        // repair an earlier append cut short between its writes), and never
+        // rewrites the record.
         let ts = created * 1000;
         let index = self.exec(
             &self.st.insert_by_webhook,
@@ -341,9 +482,6 @@ impl CqlStore {
         );
         let state = self.exec(&self.st.insert_initial_state, (n.id.0, status.as_str(), ts));
         futures::try_join!(index, state)?;
-        if !known {
-            return Ok(Accepted::New);
-        }
         let listed = self.load_listed(n.id).await?.ok_or_else(|| {
             StoreError::corrupt(format!("notification {} vanished while appended", n.id))
         })?;
@@ -353,6 +491,9 @@ impl CqlStore {
         })
     }
 
+    /// Check an attempt against the stored notification and write it: the
+    /// port's [`NotificationStore::append_attempts`], for callers that know
+    /// nothing of the notification.
     async fn append_attempt(&self, a: &Attempt) -> Result<()> {
         let id = a.notification_id;
         let (head, state) = futures::try_join!(self.head(id), self.state(id))?;
@@ -365,28 +506,41 @@ impl CqlStore {
                 "notification {id} failed to render and cannot have attempts"
             )));
         }
+        self.write_attempt(a, &webhook, created, current).await
+    }
+
+    /// Write an attempt and the state it implies in one single-partition
+    /// batch (the `attempts` and `notification_state` rows share the
+    /// notification's partition key), plus the failed index when the attempt
+    /// changes it. `current`: the projected status before this attempt, when
+    /// read.
+    async fn write_attempt(
+        &self,
+        a: &Attempt,
+        webhook: &str,
+        created: i64,
+        current: Option<Status>,
+    ) -> Result<()> {
+        let id = a.notification_id;
         let started = to_ms(a.started_at);
-        self.exec(
-            &self.st.insert_attempt,
-            (
-                id.0,
-                CqlTimestamp(started),
-                a.attempt_id,
-                to_i32(a.attempt_no),
-                a.trigger.as_str(),
-                to_i32(a.duration_ms),
-                a.outcome.as_str(),
-                a.http_status.map(i32::from),
-                &a.error,
-                &a.response_excerpt,
-                a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
-            ),
-        )
-        .await?;
+        let next = a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t)));
+        let row = (
+            id.0,
+            CqlTimestamp(started),
+            a.attempt_id,
+            to_i32(a.attempt_no),
+            a.trigger.as_str(),
+            to_i32(a.duration_ms),
+            a.outcome.as_str(),
+            a.http_status.map(i32::from),
+            &a.error,
+            &a.response_excerpt,
+            next,
+        );
         let ts = attempt_write_ts(a.started_at, created);
         let implied = a.implied_status();
+        let count = (id.0, to_i32(a.attempt_no), CqlTimestamp(started), ts);
         let state = async {
-            let count = (id.0, to_i32(a.attempt_no), CqlTimestamp(started), ts);
             match implied {
                 Some(Status::Delivered) => {
                     let status = (
@@ -395,24 +549,21 @@ impl CqlStore {
                         None::<CqlTimestamp>,
                         status_write_ts(Status::Delivered, ts),
                     );
-                    futures::try_join!(
-                        self.exec(&self.st.insert_status, status),
-                        self.exec(&self.st.insert_count, count),
-                    )
-                    .map(|_| ())
+                    self.exec_batch(&self.batches.delivered, (row, status, count))
+                        .await
                 }
                 Some(status) => {
-                    let values = (
+                    let moved = (
                         id.0,
                         status.as_str(),
                         to_i32(a.attempt_no),
                         CqlTimestamp(started),
-                        a.next_attempt_at.map(|t| CqlTimestamp(to_ms(t))),
+                        next,
                         ts,
                     );
-                    self.exec(&self.st.insert_state, values).await.map(|_| ())
+                    self.exec_batch(&self.batches.moved, (row, moved)).await
                 }
-                None => self.exec(&self.st.insert_count, count).await.map(|_| ()),
+                None => self.exec_batch(&self.batches.counted, (row, count)).await,
             }
         };
         let day = day_of(created)?;
@@ -420,7 +571,7 @@ impl CqlStore {
             if implied == Some(Status::Failed) {
                 self.exec(
                     &self.st.insert_failed,
-                    (&webhook, day, CqlTimestamp(created), id.0, ts),
+                    (webhook, day, CqlTimestamp(created), id.0, ts),
                 )
                 .await?;
             } else if implied.is_some()
@@ -431,7 +582,7 @@ impl CqlStore {
                 // A failed row left behind by reordering is filtered on read.
                 self.exec(
                     &self.st.delete_failed,
-                    (ts, &webhook, day, CqlTimestamp(created), id.0),
+                    (ts, webhook, day, CqlTimestamp(created), id.0),
                 )
                 .await?;
             }
@@ -580,17 +731,42 @@ impl NotificationStore for CqlStore {
         for n in batch {
             self.limits.check_notification(n)?;
         }
+        let ids: Vec<Uuid> = batch.iter().map(|n| n.id.0).collect();
+        let mut heads = self.heads(&ids).await?;
+        // An id repeated within the batch is appended once, by its first
+        // occurrence; the later ones find it stored, as they would in a
+        // later batch.
+        let mut first: HashMap<Uuid, usize> = HashMap::with_capacity(batch.len());
         // A loop, not a closure: a closure here trips the higher-ranked
         // `Send` check of `async_trait` futures.
         let mut writes = Vec::with_capacity(batch.len());
-        for n in batch {
-            writes.push(self.append_one(n));
+        for (i, n) in batch.iter().enumerate() {
+            if *first.entry(n.id.0).or_insert(i) == i {
+                writes.push(self.append_one(n, heads.remove(&n.id.0)));
+            }
         }
-        // Ordered: the answer lines up with the batch.
-        futures::stream::iter(writes)
+        // Ordered: the answers line up with the first occurrences.
+        let mut found = futures::stream::iter(writes)
             .buffered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
-            .await
+            .await?
+            .into_iter();
+        let mut answers: Vec<Accepted> = Vec::with_capacity(batch.len());
+        for (i, n) in batch.iter().enumerate() {
+            let of = first.get(&n.id.0).copied().unwrap_or(i);
+            let answer = match of == i {
+                true => found.next(),
+                false => answers.get(of).map(|a| match a {
+                    Accepted::New => Accepted::Existing {
+                        stored: Box::new(batch[of].clone()),
+                        state: NotificationState::initial(&batch[of].content),
+                    },
+                    known => known.clone(),
+                }),
+            };
+            answers.push(answer.ok_or_else(|| StoreError::corrupt("an append went unanswered"))?);
+        }
+        Ok(answers)
     }
 
     async fn append_attempts(&self, batch: &[Attempt]) -> Result<()> {
@@ -602,6 +778,23 @@ impl NotificationStore for CqlStore {
         futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<()>()
+            .await
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &Attempt,
+        of: AttemptOf<'_>,
+        resend_request: Option<i64>,
+    ) -> Result<()> {
+        if resend_request.is_some() {
+            return Err(StoreError::Invalid(
+                "this store queues no re-send requests".into(),
+            ));
+        }
+        // The caller knows the notification: no read before the write.
+        let a = self.limits.bound_attempt(attempt);
+        self.write_attempt(&a, of.webhook_id, to_ms(of.created_at), None)
             .await
     }
 
@@ -651,8 +844,8 @@ impl NotificationStore for CqlStore {
     }
 
     fn requests(&self) -> Vec<(&'static str, u64)> {
-        self.statements()
-            .map(|s| (s.name, s.sent.load(Ordering::Relaxed)))
+        self.counters()
+            .map(|(name, sent)| (name, sent.load(Ordering::Relaxed)))
             .collect()
     }
 }
