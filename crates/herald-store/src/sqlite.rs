@@ -46,6 +46,16 @@ pub enum Synchronous {
     Full,
 }
 
+impl Synchronous {
+    /// The value of `PRAGMA synchronous`.
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
 /// Settings of the embedded store.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,11 +160,24 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || open_writer(&cfg))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let cfg = config.clone();
+        let checkpointer = tokio::task::spawn_blocking(move || open_checkpointer(&cfg))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
         let max_group = config.max_group_commit.max(1);
+        // The checkpointer runs while the writer does: it stops when the
+        // writer drops `running`, after the writer's last commit.
+        let (running, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_group))?;
+            .spawn(move || {
+                writer_loop(conn, rx, max_group);
+                drop(running);
+            })?;
         Ok(Self {
             writer: tx,
             readers: Arc::new(ReaderPool {
@@ -494,12 +517,12 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
             display(&cfg.path)
         )));
     }
-    let sync = match cfg.synchronous {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
-    };
+    let sync = cfg.synchronous.pragma();
+    // Checkpoints run on their own thread (`checkpoint_loop`); the writer
+    // checkpoints only if that one falls far behind.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{};",
+        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{}; \
+         PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};",
         u64::from(cfg.writer_cache_mib.max(2)) * 1024
     ))?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -514,6 +537,46 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
         "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
     Ok(conn)
+}
+
+/// WAL pages after which the writer checkpoints by itself: only when the
+/// checkpointer thread falls behind (about 64 MiB of WAL).
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The checkpointer's own connection: it never writes a row.
+fn open_checkpointer(cfg: &SqliteConfig) -> Result<Connection> {
+    let conn = Connection::open(&cfg.path)?;
+    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
+    let sync = cfg.synchronous.pragma();
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0;"
+    ))?;
+    Ok(conn)
+}
+
+/// Copy committed WAL pages back into the database file every
+/// [`CHECKPOINT_EVERY`], off the writer thread: a checkpoint (reading the
+/// WAL, writing the database, and its fsyncs) was a fifth of the writer's
+/// time when the writer ran it. `PASSIVE` never blocks the writer or the
+/// readers; the writer restarts the WAL from its start once a checkpoint
+/// has caught up. Stops when `stopped` is dropped (the writer has ended),
+/// after a last checkpoint.
+fn checkpoint_loop(conn: Connection, stopped: std::sync::mpsc::Receiver<()>) {
+    loop {
+        let last = !matches!(
+            stopped.recv_timeout(CHECKPOINT_EVERY),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "sqlite checkpoint failed; the writer checkpoints if the WAL grows");
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 fn display(p: &Path) -> String {
