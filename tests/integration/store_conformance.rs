@@ -1172,6 +1172,177 @@ async fn cql_counts_stop_at_their_bound() {
 
 // ------------------------------------------------------ SQLite-only extras
 
+/// A file written by an older version is upgraded in place when opened,
+/// with every row: the upgraded store answers every read exactly as a store
+/// that recorded the same history in the current schema, and goes on
+/// recording. The old file is made from the version-2 schema
+/// (`fixtures/sqlite_schema_v2.sql`; version 1 is the same without
+/// `status_ts`), filled with the current store's rows in the old layout.
+#[tokio::test]
+async fn sqlite_files_of_older_versions_are_upgraded_with_every_row() {
+    for version in [1, 2] {
+        let wh = unique_name("wh");
+        let current_path = temp_db(&format!("upgrade_current_v{version}"));
+        let current = SqliteStore::open(SqliteConfig::new(&current_path), StoreLimits::default())
+            .await
+            .unwrap();
+        let n: Vec<_> = (0..6)
+            .map(|i| notification(&wh, i, at(i as i64 * 1_000)))
+            .collect();
+        let unrendered = render_failed(&wh, 9, at(7_000));
+        let mut all = n.clone();
+        all.push(unrendered.clone());
+        current.append_notifications(&all).await.unwrap();
+        let mut manual = attempt(&n[3], 2, at(30_000), Outcome::Timeout, None);
+        manual.trigger = Trigger::Manual;
+        current
+            .append_attempts(&[
+                attempt(&n[0], 1, at(10_000), Outcome::Success, None),
+                attempt(&n[1], 1, at(11_000), Outcome::HttpError, Some(at(90_000))),
+                attempt(&n[2], 1, at(12_000), Outcome::HttpError, Some(at(20_000))),
+                attempt(&n[2], 2, at(20_000), Outcome::Success, None),
+                attempt(&n[3], 1, at(13_000), Outcome::Timeout, None),
+                manual,
+            ])
+            .await
+            .unwrap();
+        current.queue_resend(n[3].id).await.unwrap();
+
+        // The same history, as the old version stored it.
+        let old_path = temp_db(&format!("upgrade_old_v{version}"));
+        let mut ddl = include_str!("../fixtures/sqlite_schema_v2.sql").to_owned();
+        let mut state_cols = "s.status, s.attempts, s.last_attempt_at, s.next_attempt_at, \
+             s.write_ts, s.status_ts";
+        if version == 1 {
+            ddl = ddl.replace(
+                "INTEGER NOT NULL,  -- emulates the CQL write time of attempts, last_attempt_at\n    status_ts       INTEGER NOT NULL",
+                "INTEGER NOT NULL",
+            );
+            assert!(!ddl.contains("status_ts       INTEGER"), "v1 fixture");
+            state_cols = "s.status, s.attempts, s.last_attempt_at, s.next_attempt_at, s.write_ts";
+        }
+        let old = rusqlite::Connection::open(&old_path).unwrap();
+        old.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {ddl} \
+             ATTACH DATABASE '{}' AS cur; \
+             INSERT INTO notifications SELECT notification_id, webhook_id, event_source, \
+               event_id, event_type, subject, event_time, created_at, template_hash, content \
+               FROM cur.notifications; \
+             INSERT INTO notification_state SELECT n.notification_id, {state_cols} \
+               FROM cur.notification_state s JOIN cur.notifications n ON n.seq = s.seq; \
+             INSERT INTO attempts SELECT n.notification_id, a.started_at, a.attempt_id, \
+               a.attempt_no, a.trigger, a.duration_ms, a.outcome, a.http_status, a.error, \
+               a.response_excerpt, a.next_attempt_at \
+               FROM cur.attempts a JOIN cur.notifications n ON n.seq = a.seq; \
+             INSERT INTO resend_requests SELECT * FROM cur.resend_requests; \
+             DETACH DATABASE cur; PRAGMA user_version = {version};",
+            current_path.display()
+        ))
+        .unwrap();
+        let copied: i64 = old
+            .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copied, 6, "the old file holds the history");
+        drop(old);
+
+        let upgraded = SqliteStore::open(SqliteConfig::new(&old_path), StoreLimits::default())
+            .await
+            .expect("an old file opens");
+        for x in &all {
+            assert_eq!(
+                upgraded.get(x.id).await.unwrap(),
+                current.get(x.id).await.unwrap(),
+                "v{version}: {}",
+                x.event_id
+            );
+            assert_eq!(
+                upgraded.state(x.id).await.unwrap(),
+                current.state(x.id).await.unwrap()
+            );
+            assert_eq!(
+                upgraded.attempts(x.id).await.unwrap(),
+                current.attempts(x.id).await.unwrap()
+            );
+        }
+        assert_eq!(
+            upgraded.get(n[0].id).await.unwrap().unwrap().attempts.len(),
+            1
+        );
+        let stores: [&dyn NotificationStore; 2] = [&upgraded, &current];
+        let mut seen = Vec::new();
+        for store in stores {
+            let q = ListQuery::new(&wh, day_range(), 2);
+            let everything = all_pages(store, q.clone(), false).await;
+            let failed = all_pages(store, q.clone(), true).await;
+            let retrying = all_pages(store, q.with_status(Status::Retrying), false).await;
+            let counts = store.count_statuses(&wh, day_range(), 100).await.unwrap();
+            seen.push((
+                everything
+                    .into_iter()
+                    .flat_map(|p| p.items)
+                    .collect::<Vec<_>>(),
+                ids_of(&failed),
+                ids_of(&retrying),
+                counts,
+            ));
+        }
+        assert_eq!(seen[0], seen[1], "v{version}: listings");
+        assert_eq!(seen[0].0.len(), 7);
+        assert_eq!(seen[0].1, vec![n[3].id], "exhausted");
+        assert_eq!(seen[0].2, vec![n[1].id], "retrying");
+        assert_eq!(
+            upgraded.list_due(at(100_000), 10).await.unwrap(),
+            current.list_due(at(100_000), 10).await.unwrap()
+        );
+        assert_eq!(upgraded.list_due(at(100_000), 10).await.unwrap().len(), 1);
+        assert_eq!(
+            upgraded.list_unattempted(at(100_000), 10).await.unwrap(),
+            current.list_unattempted(at(100_000), 10).await.unwrap()
+        );
+        assert_eq!(
+            upgraded.pending_resends().await.unwrap(),
+            vec![(1, n[3].id)]
+        );
+
+        // It goes on recording: an old notification's next attempt, and a
+        // new notification after the old ones.
+        upgraded
+            .append_attempts(&[attempt(&n[1], 2, at(90_000), Outcome::Success, None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            upgraded.state(n[1].id).await.unwrap().unwrap().status,
+            Status::Delivered
+        );
+        let newer = notification(&wh, 50, at(8_000));
+        let found = upgraded
+            .append_notifications(std::slice::from_ref(&newer))
+            .await
+            .unwrap();
+        assert_eq!(found, vec![Accepted::New]);
+        let first = upgraded
+            .list(&ListQuery::new(&wh, day_range(), 1))
+            .await
+            .unwrap();
+        assert_eq!(first.items[0].notification, newer);
+        drop(upgraded);
+
+        let file = rusqlite::Connection::open(&old_path).unwrap();
+        let v: i64 = file
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 3);
+        let leftovers: i64 = file
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'v2_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0, "the old tables are gone");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_due_retries_and_unattempted_notifications() {
     let store = sqlite_store("due").await;

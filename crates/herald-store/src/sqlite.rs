@@ -29,11 +29,36 @@ use crate::{
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
 /// `PRAGMA user_version` once [`SCHEMA`] is applied.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// From version 1: the state projection's status keeps its own write time.
 const MIGRATE_1_TO_2: &str = "ALTER TABLE notification_state \
      ADD COLUMN status_ts INTEGER NOT NULL DEFAULT 0; \
      UPDATE notification_state SET status_ts = write_ts;";
+/// From version 2, before [`SCHEMA`] creates the version-3 tables: the old
+/// tables step aside (their indexes go; the new tables reuse the names).
+const MIGRATE_2_TO_3_BEFORE: &str = "DROP INDEX IF EXISTS notifications_by_webhook; \
+     DROP INDEX IF EXISTS notification_state_due; \
+     ALTER TABLE notifications RENAME TO v2_notifications; \
+     ALTER TABLE notification_state RENAME TO v2_notification_state; \
+     ALTER TABLE attempts RENAME TO v2_attempts;";
+/// ... and after: every row copied over, keyed by its notification's new
+/// `seq` (given in creation order), then the old tables dropped. All in
+/// the transaction that sets the new version.
+const MIGRATE_2_TO_3_AFTER: &str = "INSERT INTO notifications (notification_id, webhook_id, \
+     event_source, event_id, event_type, subject, event_time, created_at, template_hash, content) \
+     SELECT notification_id, webhook_id, event_source, event_id, event_type, subject, \
+     event_time, created_at, template_hash, content FROM v2_notifications \
+     ORDER BY created_at, notification_id; \
+     INSERT INTO notification_state (seq, status, attempts, last_attempt_at, next_attempt_at, \
+     write_ts, status_ts) SELECT n.seq, s.status, s.attempts, s.last_attempt_at, \
+     s.next_attempt_at, s.write_ts, s.status_ts FROM v2_notification_state s \
+     JOIN notifications n ON n.notification_id = s.notification_id; \
+     INSERT INTO attempts (seq, started_at, attempt_id, attempt_no, trigger, duration_ms, \
+     outcome, http_status, error, response_excerpt, next_attempt_at) \
+     SELECT n.seq, a.started_at, a.attempt_id, a.attempt_no, a.trigger, a.duration_ms, \
+     a.outcome, a.http_status, a.error, a.response_excerpt, a.next_attempt_at \
+     FROM v2_attempts a JOIN notifications n ON n.notification_id = a.notification_id; \
+     DROP TABLE v2_attempts; DROP TABLE v2_notification_state; DROP TABLE v2_notifications;";
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -202,9 +227,9 @@ impl SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {N_COLS}, {S_COLS} FROM notification_state s \
-                 JOIN notifications n ON n.notification_id = s.notification_id \
+                 JOIN notifications n ON n.seq = s.seq \
                  WHERE s.status = 'retrying' AND s.next_attempt_at <= ?1 \
-                 ORDER BY s.next_attempt_at, s.notification_id LIMIT ?2"
+                 ORDER BY s.next_attempt_at, n.notification_id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![now, limit], |r| Ok(read_listed(r)))?;
             rows.map(|r| r?.map(|l| (l.notification, l.state)))
@@ -225,7 +250,7 @@ impl SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {N_COLS}, {S_COLS} FROM notification_state s \
-                 JOIN notifications n ON n.notification_id = s.notification_id \
+                 JOIN notifications n ON n.seq = s.seq \
                  WHERE s.status = 'pending' AND n.created_at < ?1 \
                  ORDER BY n.created_at, n.notification_id LIMIT ?2"
             ))?;
@@ -301,7 +326,7 @@ impl SqliteStore {
         self.read(move |c| {
             let mut sql = format!(
                 "SELECT {N_COLS}, {S_COLS} FROM notifications n \
-                 JOIN notification_state s ON s.notification_id = n.notification_id \
+                 JOIN notification_state s ON s.seq = n.seq \
                  WHERE n.webhook_id = ?1 AND n.created_at >= ?2 AND n.created_at < ?3 \
                  AND (?4 IS NULL OR s.status = ?4)"
             );
@@ -421,7 +446,8 @@ impl NotificationStore for SqliteStore {
     async fn state(&self, id: NotificationId) -> Result<Option<NotificationState>> {
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {S_COLS} FROM notification_state s WHERE s.notification_id = ?1"
+                "SELECT {S_COLS} FROM notifications n \
+                 JOIN notification_state s ON s.seq = n.seq WHERE n.notification_id = ?1"
             ))?
             .query_row([id.to_string()], |r| Ok(read_state(r, 0)))
             .optional()?
@@ -450,7 +476,7 @@ impl NotificationStore for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT s.status, count(*) FROM notifications n \
-                 JOIN notification_state s ON s.notification_id = n.notification_id \
+                 JOIN notification_state s ON s.seq = n.seq \
                  WHERE n.webhook_id = ?1 AND n.created_at >= ?2 AND n.created_at < ?3 \
                  GROUP BY s.status",
             )?;
@@ -532,9 +558,21 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
             display(&cfg.path)
         )));
     }
-    let upgrade = if version == 1 { MIGRATE_1_TO_2 } else { "" };
+    // Version 0 is a new file: the schema alone.
+    let (before, after) = match version {
+        1 => (
+            format!("{MIGRATE_1_TO_2} {MIGRATE_2_TO_3_BEFORE}"),
+            MIGRATE_2_TO_3_AFTER,
+        ),
+        2 => (MIGRATE_2_TO_3_BEFORE.to_owned(), MIGRATE_2_TO_3_AFTER),
+        _ => (String::new(), ""),
+    };
+    if !before.is_empty() {
+        tracing::info!(path = %cfg.path.display(), from = version, to = SCHEMA_VERSION, "upgrading the store's schema");
+    }
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        "BEGIN IMMEDIATE; {before} {SCHEMA} {after} \
+         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
     Ok(conn)
 }
@@ -673,9 +711,9 @@ fn apply_group(conn: &mut Connection, group: &[WriteOp]) -> Result<Vec<Result<Wr
 /// with the same or a later write time. A failed manual re-send writes the
 /// count alone (its status write time is -1, which never wins).
 const UPSERT_STATE: &str = "INSERT INTO notification_state \
-     (notification_id, status, attempts, last_attempt_at, next_attempt_at, write_ts, status_ts) \
+     (seq, status, attempts, last_attempt_at, next_attempt_at, write_ts, status_ts) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-     ON CONFLICT (notification_id) DO UPDATE SET \
+     ON CONFLICT (seq) DO UPDATE SET \
      attempts = CASE WHEN excluded.write_ts >= write_ts THEN excluded.attempts ELSE attempts END, \
      last_attempt_at = CASE WHEN excluded.write_ts >= write_ts \
          THEN excluded.last_attempt_at ELSE last_attempt_at END, \
@@ -709,9 +747,10 @@ fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
             content,
         ])?;
     if inserted == 1 {
+        let seq = tx.last_insert_rowid();
         let s = NotificationState::initial(&n.content);
         tx.prepare_cached(UPSERT_STATE)?.execute(params![
-            n.id.to_string(),
+            seq,
             s.status.as_str(),
             s.attempts,
             None::<i64>,
@@ -725,7 +764,7 @@ fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
     let listed = tx
         .prepare_cached(&format!(
             "SELECT {N_COLS}, {S_COLS} FROM notifications n \
-             JOIN notification_state s ON s.notification_id = n.notification_id \
+             JOIN notification_state s ON s.seq = n.seq \
              WHERE n.notification_id = ?1"
         ))?
         .query_row([n.id.to_string()], |r| Ok(read_listed(r)))??;
@@ -737,15 +776,15 @@ fn insert_notification(tx: &Connection, n: &Notification) -> Result<Accepted> {
 
 fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
     let id = a.notification_id.to_string();
-    let found: Option<(i64, String)> = tx
+    let found: Option<(i64, i64, String)> = tx
         .prepare_cached(
-            "SELECT n.created_at, s.status FROM notifications n \
-             JOIN notification_state s ON s.notification_id = n.notification_id \
+            "SELECT n.seq, n.created_at, s.status FROM notifications n \
+             JOIN notification_state s ON s.seq = n.seq \
              WHERE n.notification_id = ?1",
         )?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((created_ms, status)) = found else {
+    let Some((seq, created_ms, status)) = found else {
         return Err(StoreError::NotFound(a.notification_id));
     };
     if status == Status::RenderFailed.as_str() {
@@ -755,13 +794,13 @@ fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
         )));
     }
     tx.prepare_cached(
-        "INSERT INTO attempts (notification_id, started_at, attempt_id, attempt_no, trigger, \
+        "INSERT INTO attempts (seq, started_at, attempt_id, attempt_no, trigger, \
          duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
-        id,
+        seq,
         to_ms(a.started_at),
         a.attempt_id.to_string(),
         a.attempt_no,
@@ -779,7 +818,7 @@ fn insert_attempt(tx: &Connection, a: &Attempt) -> Result<()> {
         None => (Status::Pending, -1),
     };
     tx.prepare_cached(UPSERT_STATE)?.execute(params![
-        id,
+        seq,
         status.as_str(),
         a.attempt_no,
         to_ms(a.started_at),
@@ -843,9 +882,10 @@ fn read_listed(r: &Row<'_>) -> Result<ListedNotification> {
 
 fn read_attempts(c: &Connection, id: &str) -> Result<Vec<Attempt>> {
     let mut stmt = c.prepare_cached(
-        "SELECT notification_id, started_at, attempt_id, attempt_no, trigger, \
-         duration_ms, outcome, http_status, error, response_excerpt, next_attempt_at \
-         FROM attempts WHERE notification_id = ?1 ORDER BY started_at, attempt_id",
+        "SELECT n.notification_id, a.started_at, a.attempt_id, a.attempt_no, a.trigger, \
+         a.duration_ms, a.outcome, a.http_status, a.error, a.response_excerpt, \
+         a.next_attempt_at FROM notifications n JOIN attempts a ON a.seq = n.seq \
+         WHERE n.notification_id = ?1 ORDER BY a.started_at, a.attempt_id",
     )?;
     stmt.query_map([id], |r| Ok(read_attempt(r)))?
         .map(|r| r?)
@@ -943,7 +983,8 @@ mod tests {
         );
         let status: String = conn
             .query_row(
-                "SELECT status FROM notification_state WHERE notification_id = ?1",
+                "SELECT s.status FROM notifications n \
+                 JOIN notification_state s ON s.seq = n.seq WHERE n.notification_id = ?1",
                 [a.id.to_string()],
                 |r| r.get(0),
             )

@@ -3,9 +3,15 @@
 -- webhook, and a join on the state projection serves the status filter.
 -- Times are INTEGER milliseconds since the epoch (UTC), like CQL timestamps;
 -- notification_state.write_ts is in microseconds, like a CQL write time.
+--
+-- `seq` is the notification's key inside this file, given in append order:
+-- the state and the attempts are keyed by it, so a delivery's writes land
+-- at the end of their tables instead of at random places (a notification
+-- id is a hash). Only `notification_id`'s own index is written at random.
 
 CREATE TABLE IF NOT EXISTS notifications (
-    notification_id TEXT PRIMARY KEY,  -- lowercase hyphenated UUID
+    seq             INTEGER PRIMARY KEY,
+    notification_id TEXT NOT NULL UNIQUE,  -- lowercase hyphenated UUID
     webhook_id      TEXT NOT NULL,
     event_source    TEXT NOT NULL,
     event_id        TEXT NOT NULL,
@@ -21,7 +27,7 @@ CREATE INDEX IF NOT EXISTS notifications_by_webhook
     ON notifications (webhook_id, created_at, notification_id);
 
 CREATE TABLE IF NOT EXISTS attempts (
-    notification_id  TEXT NOT NULL,
+    seq              INTEGER NOT NULL,  -- notifications.seq
     started_at       INTEGER NOT NULL,
     attempt_id       TEXT NOT NULL,
     attempt_no       INTEGER NOT NULL,
@@ -32,11 +38,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error            TEXT,
     response_excerpt TEXT,
     next_attempt_at  INTEGER,
-    PRIMARY KEY (notification_id, started_at, attempt_id)
+    PRIMARY KEY (seq, started_at, attempt_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS notification_state (
-    notification_id TEXT PRIMARY KEY,
+    seq             INTEGER PRIMARY KEY,  -- notifications.seq
     status          TEXT NOT NULL,
     attempts        INTEGER NOT NULL,
     last_attempt_at INTEGER,
