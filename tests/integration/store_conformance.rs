@@ -175,6 +175,29 @@ async fn reappending_a_notification_stores_it_once(store: &dyn NotificationStore
         ],
         "one answer per notification, in order"
     );
+    // A new id twice in one batch: stored by its first occurrence, which
+    // the second one finds, as a later batch would.
+    let twice = notification(&wh, 3, at(0));
+    let mut rerendered = twice.clone();
+    rerendered.content = NotificationContent::Rendered(request("{\"n\":\"other\"}"));
+    let found = store
+        .append_notifications(&[twice.clone(), rerendered])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![
+            Accepted::New,
+            Accepted::Existing {
+                stored: Box::new(twice.clone()),
+                state: NotificationState::initial(&twice.content),
+            }
+        ]
+    );
+    assert_eq!(
+        store.get(twice.id).await.unwrap().unwrap().notification,
+        twice
+    );
     // A replay that re-renders later: same id, new time and body. The first
     // record wins and no second listing entry appears; the answer carries
     // the stored record, so whatever is sent is what is stored.
@@ -189,8 +212,8 @@ async fn reappending_a_notification_stores_it_once(store: &dyn NotificationStore
     assert!(rec.attempts.is_empty());
     assert_eq!(rec.state, NotificationState::initial(&n.content));
     let ids = listed_ids(store, ListQuery::new(&wh, day_range(), 10)).await;
-    assert_eq!(ids.len(), 2);
-    assert!(ids.contains(&n.id) && ids.contains(&other.id));
+    assert_eq!(ids.len(), 3);
+    assert!(ids.contains(&n.id) && ids.contains(&other.id) && ids.contains(&twice.id));
     assert_eq!(
         store.state(n.id).await.unwrap().unwrap().status,
         Status::Pending

@@ -185,24 +185,11 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || open_writer(&cfg))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        let cfg = config.clone();
-        let checkpointer = tokio::task::spawn_blocking(move || open_checkpointer(&cfg))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
         let max_group = config.max_group_commit.max(1);
-        // The checkpointer runs while the writer does: it stops when the
-        // writer drops `running`, after the writer's last commit.
-        let (running, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("herald-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stopped))?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || {
-                writer_loop(conn, rx, max_group);
-                drop(running);
-            })?;
+            .spawn(move || writer_loop(conn, rx, max_group))?;
         Ok(Self {
             writer: tx,
             readers: Arc::new(ReaderPool {
@@ -544,11 +531,11 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
         )));
     }
     let sync = cfg.synchronous.pragma();
-    // Checkpoints run on their own thread (`checkpoint_loop`); the writer
-    // checkpoints only if that one falls far behind.
+    // Checkpoints stay SQLite's (every 1,000 WAL pages, by the writer): run
+    // from a thread of their own they made the writer 30% faster but its
+    // p99 latency 4 to 10 times longer (docs/store.md).
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{}; \
-         PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};",
+        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{};",
         u64::from(cfg.writer_cache_mib.max(2)) * 1024
     ))?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -577,73 +564,14 @@ fn open_writer(cfg: &SqliteConfig) -> Result<Connection> {
     Ok(conn)
 }
 
-/// WAL pages after which the writer checkpoints by itself: only when the
-/// checkpointer thread falls behind (about 64 MiB of WAL).
-const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
-/// How often the checkpointer copies the WAL back into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// WAL pages (about 16 MiB) past which the checkpointer makes the WAL
-/// start over (see [`checkpoint_loop`]).
-const RESTART_PAGES: i64 = 4_096;
-
-/// The checkpointer's own connection: it never writes a row.
-fn open_checkpointer(cfg: &SqliteConfig) -> Result<Connection> {
-    let conn = Connection::open(&cfg.path)?;
-    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
-    let sync = cfg.synchronous.pragma();
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0;"
-    ))?;
-    Ok(conn)
-}
-
-/// Copy committed WAL pages back into the database file every
-/// [`CHECKPOINT_EVERY`], off the writer thread: a checkpoint (reading the
-/// WAL, writing the database, and its fsyncs) was a fifth of the writer's
-/// time when the writer ran it.
-///
-/// A `PASSIVE` checkpoint never blocks the writer or the readers, but under
-/// steady writes it never catches up with the last commit either, so the
-/// WAL would never start over. Once the WAL holds more than
-/// [`RESTART_PAGES`], a `RESTART` checkpoint holds the writer back while it
-/// copies what the passive one left (about one interval of commits) and
-/// lets the next commit start the WAL from its beginning. Without it the
-/// writer ran a 64 MiB checkpoint of its own now and then, a stall of a
-/// third of a second.
-///
-/// Stops when `stopped` is dropped (the writer has ended), after a last
-/// checkpoint.
-fn checkpoint_loop(conn: Connection, stopped: std::sync::mpsc::Receiver<()>) {
-    let checkpoint = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
-    };
-    loop {
-        let last = !matches!(
-            stopped.recv_timeout(CHECKPOINT_EVERY),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-        );
-        let done = checkpoint("PASSIVE").and_then(|wal_pages| match wal_pages > RESTART_PAGES {
-            true => checkpoint("RESTART"),
-            false => Ok(wal_pages),
-        });
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "sqlite checkpoint failed; the writer checkpoints if the WAL grows");
-        }
-        if last {
-            return;
-        }
-    }
-}
-
 fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// The writer thread: take one append, then whatever else is already
-/// queued (up to `max_group`), apply each in its own savepoint so that one
-/// bad append fails alone, commit once, then answer every caller.
+/// queued (up to `max_group`), apply them in one transaction so that one
+/// bad append fails alone ([`apply_group`]), commit once, then answer every
+/// caller.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_group: usize) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
