@@ -896,59 +896,41 @@ async fn cql_store(test: &str) -> Option<Arc<CqlStore>> {
     ))
 }
 
+/// Instantiate test bodies for both adapters, in modules `$sqlite` and
+/// `$cql`, each store passed through `$wrap` first.
 macro_rules! conformance {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
+    ($sqlite:ident, $cql:ident, $wrap:ident; $($name:ident),+ $(,)?) => {
+        mod $sqlite {
             $(
                 #[tokio::test]
                 async fn $name() {
                     let store = super::sqlite_store(stringify!($name)).await;
-                    super::$name(&*store).await;
+                    super::$name(&*super::$wrap(store)).await;
                 }
             )+
         }
-        mod cql {
+        mod $cql {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(store) = super::cql_store(stringify!($name)).await else {
                         return;
                     };
-                    super::$name(&*store).await;
+                    super::$name(&*super::$wrap(store)).await;
                 }
             )+
         }
     };
 }
 
-/// The conformance suite again, with every attempt written the way the
-/// delivery pipeline writes it: [`NotificationStore::record_attempt`] with
-/// what the job knows of the notification, which lets the CQL adapter write
-/// without reading first. `bad_attempts_are_refused` is not among them:
-/// that path trusts the job and checks nothing.
-macro_rules! recorded {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite_recorded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let store = super::sqlite_store(stringify!($name)).await;
-                    super::$name(&super::Recorded(store)).await;
-                }
-            )+
-        }
-        mod cql_recorded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(store) = super::cql_store(stringify!($name)).await else {
-                        return;
-                    };
-                    super::$name(&super::Recorded(store)).await;
-                }
-            )+
-        }
-    };
+/// The store as it is: attempts through the checked `append_attempts`.
+fn checked<S>(store: Arc<S>) -> Arc<S> {
+    store
+}
+
+/// The store behind [`Recorded`].
+fn recorded<S>(store: Arc<S>) -> Arc<Recorded<S>> {
+    Arc::new(Recorded(store))
 }
 
 /// A store whose `append_attempts` records each attempt as delivery does:
@@ -1002,7 +984,12 @@ impl<S: NotificationStore> NotificationStore for Recorded<S> {
     }
 }
 
-recorded!(
+// The conformance suite again, with every attempt written the way the
+// delivery pipeline writes it: `NotificationStore::record_attempt` with
+// what the job knows of the notification, which lets the CQL adapter write
+// without reading first. `bad_attempts_are_refused` is not among them:
+// that path trusts the job and checks nothing.
+conformance!(sqlite_recorded, cql_recorded, recorded;
     reappending_a_notification_stores_it_once,
     attempts_come_back_ordered_by_time,
     state_converges_whatever_the_arrival_order,
@@ -1017,7 +1004,7 @@ recorded!(
     response_excerpts_are_bounded_and_marked,
 );
 
-conformance!(
+conformance!(sqlite, cql, checked;
     reappending_a_notification_stores_it_once,
     attempts_come_back_ordered_by_time,
     state_converges_whatever_the_arrival_order,

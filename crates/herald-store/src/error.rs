@@ -96,6 +96,12 @@ impl StoreError {
     pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
         StoreError::Corrupt(what.to_string())
     }
+
+    /// A re-send request given to a store that queues none (see
+    /// [`crate::NotificationStore::record_attempt`]).
+    pub(crate) fn no_queued_resends() -> Self {
+        StoreError::Invalid("this store queues no re-send requests".into())
+    }
 }
 
 fn sqlite_is_retriable(e: &rusqlite::Error) -> bool {

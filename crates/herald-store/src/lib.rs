@@ -116,9 +116,7 @@ pub trait NotificationStore: Send + Sync {
         let _ = of;
         match resend_request {
             None => self.append_attempts(std::slice::from_ref(attempt)).await,
-            Some(_) => Err(StoreError::Invalid(
-                "this store queues no re-send requests".into(),
-            )),
+            Some(_) => Err(StoreError::no_queued_resends()),
         }
     }
 

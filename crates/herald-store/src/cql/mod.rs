@@ -788,9 +788,7 @@ impl NotificationStore for CqlStore {
         resend_request: Option<i64>,
     ) -> Result<()> {
         if resend_request.is_some() {
-            return Err(StoreError::Invalid(
-                "this store queues no re-send requests".into(),
-            ));
+            return Err(StoreError::no_queued_resends());
         }
         // The caller knows the notification: no read before the write.
         let a = self.limits.bound_attempt(attempt);
