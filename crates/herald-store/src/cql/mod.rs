@@ -402,7 +402,7 @@ impl CqlStore {
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Option<String>, Option<CqlTimestamp>)>()?;
-        Ok(row.map(|(w, c)| (w.unwrap_or_default(), c.map_or(0, |c| c.0))))
+        Ok(row.map(|(w, c)| head_of(w, c)))
     }
 
     /// The heads of every stored notification among `ids`: one request per
@@ -413,7 +413,7 @@ impl CqlStore {
             let rows = result
                 .into_rows_result()?
                 .rows::<(Uuid, Option<String>, Option<CqlTimestamp>)>()?
-                .map(|r| r.map(|(id, w, c)| (id, (w.unwrap_or_default(), c.map_or(0, |c| c.0)))))
+                .map(|r| r.map(|(id, w, c)| (id, head_of(w, c))))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             Ok::<_, StoreError>(rows)
         });
@@ -716,6 +716,11 @@ impl CqlStore {
         }
         Ok(page(items, None))
     }
+}
+
+/// (webhook id, created_at in ms) from a head row's columns.
+fn head_of(webhook: Option<String>, created: Option<CqlTimestamp>) -> (String, i64) {
+    (webhook.unwrap_or_default(), created.map_or(0, |c| c.0))
 }
 
 fn page(items: Vec<ListedNotification>, pos: Option<Cursor>) -> Page {
