@@ -222,8 +222,16 @@ impl Env {
         group: &str,
         shutdown: &CancellationToken,
     ) -> (JoinHandle<herald_ingest::Result<()>>, std::net::SocketAddr) {
+        self.start_with(self.config(group), shutdown).await
+    }
+
+    async fn start_with(
+        &self,
+        config: IngestConfig,
+        shutdown: &CancellationToken,
+    ) -> (JoinHandle<herald_ingest::Result<()>>, std::net::SocketAddr) {
         let webhooks = Webhooks::from_toml(WEBHOOKS).expect("webhooks");
-        let running = herald_ingest::start(self.config(group), webhooks, shutdown.clone())
+        let running = herald_ingest::start(config, webhooks, shutdown.clone())
             .await
             .expect("ingest starts");
         let addr = running.addr();
@@ -515,6 +523,56 @@ async fn events_become_notifications_and_jobs_and_offsets_are_committed_on_shutd
         env.end_offsets(&env.input, 3),
         "after a graceful shutdown the group has committed the end of every partition"
     );
+}
+
+/// Batches are stored concurrently (`batches_in_flight`), and a later one's
+/// append may finish first: its jobs must still follow the earlier
+/// batches' on every deliveries partition, and the commit reach the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stored_at_once_are_produced_and_committed_in_input_order() {
+    let Some(env) = Env::new("ingest_order", 1).await else {
+        return;
+    };
+    // Only the `crm` webhook fires: one job per event, its body naming it.
+    let inputs: Vec<Input> = (0..300)
+        .map(|i| event(i, "bank.loan.repaid", KINDS[i % 2].1))
+        .collect();
+    // All of it is in the topic before ingest starts, so its batches queue
+    // up behind each other.
+    env.produce(&inputs).await;
+
+    let group = unique_name("ingest_order");
+    let shutdown = CancellationToken::new();
+    let config = IngestConfig {
+        batch_max_events: 5,
+        batches_in_flight: 8,
+        ..env.config(&group)
+    };
+    let (task, _) = env.start_with(config, &shutdown).await;
+    let messages = env.read_all(&env.deliveries(), 3, inputs.len()).await;
+    assert_eq!(messages.len(), inputs.len(), "one job per event");
+    let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for m in &messages {
+        let job: DeliveryJob = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&job.request.body).unwrap();
+        let n = body["event"].as_str().unwrap()["evt-".len()..]
+            .parse()
+            .unwrap();
+        by_partition.entry(m.partition()).or_default().push(n);
+    }
+    for (partition, events) in &by_partition {
+        assert!(
+            events.is_sorted(),
+            "deliveries partition {partition} holds its jobs in input order: {events:?}"
+        );
+    }
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("graceful shutdown in time")
+        .expect("no panic")
+        .expect("clean exit");
+    assert_eq!(env.committed(&group), env.end_offsets(&env.input, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The end-to-end scenarios (`standalone`, `kafka`): events in, webhooks out
 //! at the receiver. Phase 1 drives Herald as fast as it sustains (a bounded
 //! backlog, so the figure is a steady state, not a burst into a queue);
-//! phase 2 drives it at half that rate and measures latency from the event
+//! phase 2 drives it at half that rate, the submitters taking evenly spaced
+//! turns, and measures latency from the event
 //! being accepted (standalone: the `202`; Kafka: the produce acknowledged)
 //! to the webhook arriving.
 
@@ -61,8 +62,13 @@ pub async fn drive(
     let batch = opts.batch.max(1);
     let submitters = (SUBMITTERS * BATCH / batch).clamp(SUBMITTERS, MAX_SUBMITTERS);
     let interval = rate.map(|r| Duration::from_secs_f64((batch * submitters) as f64 / r));
+    let start = tokio::time::Instant::now();
+    let spread = submitters as u32;
     let submitters = (0..submitters).map(|s| async move {
-        let mut ticker = interval.map(tokio::time::interval);
+        // Submitters take turns, evenly spaced, so a rate is a steady
+        // stream of submissions rather than all of them in one burst.
+        let mut ticker =
+            interval.map(|i| tokio::time::interval_at(start + i * s as u32 / spread, i));
         for round in 0u64.. {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;

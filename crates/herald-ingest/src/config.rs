@@ -54,6 +54,12 @@ pub struct IngestConfig {
     /// in flight.
     #[serde(default = "default_store_write_parallelism")]
     pub store_write_parallelism: usize,
+    /// Batches between the consumer and the commit at once: while one is
+    /// produced and committed, the next ones are rendered and stored.
+    /// Offsets are still committed, and jobs produced, in input order. At
+    /// most `batches_in_flight + 2` batches are held in memory.
+    #[serde(default = "default_batches_in_flight")]
+    pub batches_in_flight: usize,
     /// Longest wait for a batch to fill once its first message arrived.
     #[serde(default = "default_batch_max_wait", with = "duration::text")]
     pub batch_max_wait: Duration,
@@ -70,8 +76,8 @@ pub struct IngestConfig {
     /// librdkafka gave up on).
     #[serde(default = "default_retry_max", with = "duration::text")]
     pub retry_max: Duration,
-    /// On shutdown, how long the batch in flight may take to finish (stored,
-    /// produced, committed) before it is abandoned uncommitted, to be redone
+    /// On shutdown, how long the batches in flight may take to finish (stored,
+    /// produced, committed) before they are abandoned uncommitted, to be redone
     /// by the next owner of its partitions.
     #[serde(default = "default_drain_timeout", with = "duration::text")]
     pub drain_timeout: Duration,
@@ -117,6 +123,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_batch_max_events() -> usize {
     500
+}
+fn default_batches_in_flight() -> usize {
+    4
 }
 fn default_store_write_parallelism() -> usize {
     4
@@ -220,6 +229,9 @@ impl IngestConfig {
         }
         if self.batch_max_events == 0 {
             return fail("ingest.batch_max_events must be at least 1");
+        }
+        if self.batches_in_flight == 0 {
+            return fail("ingest.batches_in_flight must be at least 1");
         }
         if self.store_write_parallelism == 0 {
             return fail("ingest.store_write_parallelism must be at least 1");

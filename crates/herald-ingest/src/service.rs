@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use herald_core::{Accepted, NotificationContent, NotificationState, Webhooks};
 use herald_kafka::{Topics, headers};
 use herald_ops::{Backoff, Health};
@@ -19,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::AbortOnDropHandle;
@@ -36,7 +39,7 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// Run the ingest service until `shutdown` fires: then stop consuming,
-/// finish the batch in flight, commit, flush the producer and return.
+/// finish the batches in flight, commit, flush the producer and return.
 ///
 /// `webhooks` are the parsed definitions of `config.webhooks`.
 pub async fn run(
@@ -191,7 +194,7 @@ impl IngestService {
             pipeline,
             ..
         } = self;
-        let result = pipeline.run(&shutdown).await;
+        let result = Arc::new(pipeline).run(&shutdown).await;
         drop(_server_guard);
         let _ = server.await;
         result
@@ -237,9 +240,17 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn run(&self, shutdown: &CancellationToken) -> Result<()> {
-        // Fires `shutdown_grace` after `shutdown`: the batch in flight then
-        // stops waiting for the store or the broker.
+    /// Three stages, so that a batch is rendered and stored while the one
+    /// before it is produced and committed:
+    /// - the batcher reads the next batch from the consumer;
+    /// - up to `batches_in_flight` batches are planned and appended to the
+    ///   store at once, each in its own task;
+    /// - in input order, each stored batch's jobs and dead letters are
+    ///   produced and acknowledged, and its offsets committed. A batch is
+    ///   never committed before the ones read ahead of it.
+    async fn run(self: Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
+        // Fires `shutdown_grace` after `shutdown`: the batches in flight
+        // then stop waiting for the store or the broker.
         let abandon = CancellationToken::new();
         let _grace = AbortOnDropHandle::new(tokio::spawn({
             let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
@@ -251,16 +262,58 @@ impl Pipeline {
             }
         }));
         self.health.set_ready(true);
-        loop {
-            let messages = self.next_batch(shutdown).await;
-            if !messages.is_empty() && self.process(messages, &abandon).await == BatchEnd::Abandoned
-            {
-                warn!("shutdown grace elapsed: the batch in flight is left uncommitted");
-                break;
+        let (batches, mut read) = mpsc::channel::<Vec<OwnedMessage>>(1);
+        let batcher = async {
+            let batches = batches;
+            while !shutdown.is_cancelled() {
+                let messages = self.next_batch(shutdown).await;
+                if !messages.is_empty() && batches.send(messages).await.is_err() {
+                    break;
+                }
             }
-            if shutdown.is_cancelled() {
-                break;
-            }
+        };
+        let committer = async {
+            // Dropping a handle aborts its task: when this stage stops, no
+            // later batch goes on being stored.
+            let mut stored = FuturesOrdered::new();
+            let mut reading = true;
+            let end = loop {
+                tokio::select! {
+                    biased;
+                    Some(done) = stored.next(), if !stored.is_empty() => {
+                        let batch = match done {
+                            Ok(Some(batch)) => batch,
+                            Ok(None) => break BatchEnd::Abandoned,
+                            Err(e) => {
+                                let e: tokio::task::JoinError = e;
+                                match e.try_into_panic() {
+                                    Ok(panic) => std::panic::resume_unwind(panic),
+                                    Err(_) => break BatchEnd::Abandoned,
+                                }
+                            }
+                        };
+                        if self.finish(batch, &abandon).await == BatchEnd::Abandoned {
+                            break BatchEnd::Abandoned;
+                        }
+                    }
+                    messages = read.recv(), if reading && stored.len() < self.config.batches_in_flight => {
+                        match messages {
+                            Some(messages) => stored.push_back(AbortOnDropHandle::new(
+                                tokio::spawn(self.clone().store(messages, abandon.clone())),
+                            )),
+                            None => reading = false,
+                        }
+                    }
+                    else => break BatchEnd::Done,
+                }
+            };
+            // The batcher may wait to hand over a batch: let it go.
+            read.close();
+            end
+        };
+        let ((), end) = tokio::join!(batcher, committer);
+        if end == BatchEnd::Abandoned {
+            warn!("shutdown grace elapsed: the batches in flight are left uncommitted");
         }
         self.health.set_ready(false);
         info!("ingest stopping: committing and flushing");
@@ -309,28 +362,37 @@ impl Pipeline {
         batch
     }
 
-    async fn process(&self, messages: Vec<OwnedMessage>, abandon: &CancellationToken) -> BatchEnd {
-        let events = messages.len();
+    /// Plan a batch and append its notifications; `None` when abandoned.
+    async fn store(
+        self: Arc<Self>,
+        messages: Vec<OwnedMessage>,
+        abandon: CancellationToken,
+    ) -> Option<Batch> {
         let mut batch = Batch::plan(messages, &self.webhooks, self.limits, Utc::now());
         if !batch.notifications.is_empty() {
-            match self.append(&batch.notifications, abandon).await {
+            match self.append(&batch.notifications, &abandon).await {
                 Ok(found) => batch.accepted(0..batch.notifications.len(), found),
-                Err(AppendError::Abandoned) => return BatchEnd::Abandoned,
+                Err(AppendError::Abandoned) => return None,
                 Err(AppendError::Rejected(e)) => {
                     debug!(error = %e, "store rejected the batch: appending event by event");
-                    if self.append_each(&mut batch, abandon).await == BatchEnd::Abandoned {
-                        return BatchEnd::Abandoned;
+                    if self.append_each(&mut batch, &abandon).await == BatchEnd::Abandoned {
+                        return None;
                     }
                 }
             }
         }
+        Some(batch)
+    }
+
+    /// Produce a stored batch's jobs and dead letters, then commit it.
+    async fn finish(&self, batch: Batch, abandon: &CancellationToken) -> BatchEnd {
         let outgoing = self.outgoing(&batch);
         if self.produce_all(outgoing, abandon).await == BatchEnd::Abandoned {
             return BatchEnd::Abandoned;
         }
         self.commit(&batch);
         self.count(&batch);
-        self.metrics.batch_done(events);
+        self.metrics.batch_done(batch.planned.len());
         self.health.set_ready(true);
         BatchEnd::Done
     }
